@@ -1,0 +1,28 @@
+"""Faithful PyTorch reference of the bi-layer model's inference path (Zakharov et al., ECCV 2020).
+
+Public API::
+
+    from reference import BilayerConfig, BilayerModel, load_official_checkpoint
+    model = BilayerModel(BilayerConfig.paper()).eval()
+    model.load_official_state_dicts({...})
+    state = model.init_identity(image, keypoints)
+    out = model.render(state, keypoints)
+"""
+from .checkpoint import fold_spectral_norm, load_official_checkpoint
+from .config import BilayerConfig
+from .errors import BilayerError, CheckpointError, ConfigError, InputError, NoFaceError
+from .model import BilayerModel, IdentityState, RenderOutput
+
+__all__ = [
+    "BilayerConfig",
+    "BilayerModel",
+    "IdentityState",
+    "RenderOutput",
+    "load_official_checkpoint",
+    "fold_spectral_norm",
+    "BilayerError",
+    "CheckpointError",
+    "ConfigError",
+    "InputError",
+    "NoFaceError",
+]
