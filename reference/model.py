@@ -115,6 +115,8 @@ class BilayerModel(nn.Module):
         # The enhancer is optional in official runs; it is used only once weights are loaded
         # for it (or a built-in model enables it).
         self.has_enhancer = False
+        # Inference only: the enhancer's inner gradient is taken w.r.t. the texture alone.
+        self.requires_grad_(False)
 
     # ---------------------------------------------------------------- weights
     def networks(self) -> dict[str, nn.Module]:

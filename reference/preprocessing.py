@@ -70,13 +70,26 @@ def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
 
 
 def load_rgb(path: Path | str) -> np.ndarray:
-    """Read an image file as uint8 RGB; any readable format, greyscale and RGBA are converted."""
+    """Read an 8-bit RGB image file (JPEG, PNG, ...) as uint8 HxWx3.
+
+    Other channel layouts (greyscale, RGBA, CMYK, 16-bit) are rejected rather than guessed at:
+    the model was trained on RGB photos, and an alpha channel usually means a composited image.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist")
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            img.load()
+            mode, bands = img.mode, len(img.getbands())
+            if mode != "RGB":
+                raise InputError(
+                    f"image {path} has mode {mode} ({bands} channel{'s' if bands != 1 else ''}); expected 8-bit RGB "
+                    "(3 channels). Convert it first, e.g. PIL: Image.open(p).convert('RGB').save(q)"
+                )
+            return np.asarray(img)
+    except InputError:
+        raise
     except Exception as exc:  # PIL raises many types for unreadable files
         raise InputError(f"cannot read image {path}: {exc}") from None
 

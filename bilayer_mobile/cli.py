@@ -1,0 +1,280 @@
+"""`bilayer-mobile`: the command-line front door of the toolchain.
+
+Subcommands:
+  info    config, networks, parameter counts, MACs and warp size of a checkpoint (or the
+          built-in default model)
+  render  the PyTorch reference end to end on real photos: source photo + driver photos or
+          keypoint files -> rendered frames, a strip and a GIF of a driven sequence
+
+Every error the user can cause exits non-zero with one line that names the problem and the fix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from reference.errors import BilayerError, InputError
+
+
+class OutputExistsError(BilayerError):
+    """The output directory exists and is not empty."""
+
+
+# ------------------------------------------------------------------------------ model loading
+@dataclass
+class ModelSource:
+    """Which weights to use: an official run directory, or the built-in default model."""
+
+    checkpoint: Path | None = None
+    epoch: str | None = None
+    enhancer_run: Path | None = None
+    no_enhancer: bool = False
+
+    def load(self):
+        from reference import load_official_checkpoint
+        from reference.default_model import default_model
+
+        if self.checkpoint is None:
+            if self.enhancer_run is not None or self.epoch is not None:
+                raise InputError("--epoch and --enhancer-run need --checkpoint RUN_DIR")
+            model = default_model(progress=_progress("building the default model (standing statistics)"))
+            if self.no_enhancer:
+                model.has_enhancer = False
+            return model
+        return load_official_checkpoint(self.checkpoint, epoch=self.epoch, enhancer_run=self.enhancer_run,
+                                        with_enhancer=not self.no_enhancer)
+
+    def describe(self) -> str:
+        if self.checkpoint is None:
+            return "built-in default model (paper architecture, seeded UNTRAINED weights)"
+        return str(self.checkpoint)
+
+
+def _progress(label: str):
+    def report(done: int, total: int) -> None:
+        print(f"\r{label}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _add_model_args(parser: argparse.ArgumentParser, positional: bool) -> None:
+    if positional:
+        parser.add_argument("checkpoint", nargs="?", type=Path,
+                            help="official run directory runs/<experiment>/ (default: the built-in default model)")
+    else:
+        parser.add_argument("--checkpoint", type=Path,
+                            help="official run directory runs/<experiment>/ (default: the built-in default model)")
+    parser.add_argument("--epoch", help="checkpoint epoch (default: the latest in checkpoints/)")
+    parser.add_argument("--enhancer-run", type=Path,
+                        help="run directory holding the texture enhancer, when it is not in the main run")
+    parser.add_argument("--no-enhancer", action="store_true", help="do not use the texture enhancer")
+
+
+def _model_source(args) -> ModelSource:
+    return ModelSource(args.checkpoint, args.epoch, args.enhancer_run, args.no_enhancer)
+
+
+# ------------------------------------------------------------------------------ info
+def cmd_info(args) -> int:
+    from reference.default_model import measure_uv_displacement_px
+    from reference.summary import network_costs, pipeline_macs
+
+    source = _model_source(args)
+    model = source.load()
+    costs = network_costs(model)
+    totals = pipeline_macs(model)
+    uv_px = measure_uv_displacement_px(model)
+    report = {
+        "model": source.describe(),
+        "config": asdict(model.config),
+        "enhancer": model.has_enhancer,
+        "networks": [asdict(c) for c in costs],
+        "macs_per_identity": totals["identity"],
+        "macs_per_frame": totals["frame"],
+        "mean_uv_displacement_px": uv_px,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"model: {report['model']}")
+    print(f"texture enhancer: {'on' if model.has_enhancer else 'off'}")
+    print("config:")
+    for key, value in report["config"].items():
+        print(f"  {key}: {value}")
+    print(f"\n{'network':32s} {'parameters':>12s} {'GMAC':>9s}  runs")
+    for c in costs:
+        print(f"{c.name:32s} {c.parameters:12,d} {c.macs / 1e9:9.3f}  {c.runs}")
+    print(f"\nonce per identity (as run): {totals['identity'] / 1e9:.2f} GMAC at {model.config.image_size}x{model.config.image_size}")
+    print(f"once per frame: {totals['frame'] / 1e9:.3f} GMAC")
+    print(f"mean |delta UV| on real-face keypoints: {uv_px:.2f} px")
+    return 0
+
+
+# ------------------------------------------------------------------------------ render
+@dataclass
+class RenderJob:
+    """Inputs of `render`, checked and resolved."""
+
+    source: Path
+    drivers: list[Path]
+    out: Path
+    source_landmarks: Path | None = None
+    keypoints_size: int | None = None
+    sequence_frames: int = 24
+    force: bool = False
+    crop: bool = True
+    names: list[str] = field(default_factory=list)
+
+
+def _prepare_output(out: Path, force: bool) -> Path:
+    """A fresh temporary directory beside `out`; checked before any work is done."""
+    if out.exists() and any(out.iterdir()) and not force:
+        raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def _finish_output(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _source_face(path: Path, landmarks_path: Path | None, image_size: int, crop: bool):
+    from reference.landmarks import detect_landmarks
+    from reference.preprocessing import FaceCrop, crop_face, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
+
+    image = load_rgb(path)
+    if not crop and image.shape[:2] != (image_size, image_size):
+        raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]}, but --no-crop needs {image_size}x{image_size} "
+                         "face crops; drop --no-crop to crop it the official way")
+    landmarks = load_landmarks_npy(landmarks_path) if landmarks_path else detect_landmarks(image)
+    if crop:
+        return crop_face(image, landmarks, image_size)
+    return FaceCrop(image_to_tensor(image), normalise_keypoints(landmarks, image_size), (0, 0, image_size, image_size))
+
+
+def _driver_keypoints(path: Path, image_size: int, keypoints_size: int | None, crop: bool):
+    """Keypoints [136] of a driver: a photo (landmarks detected, cropped) or a .npy file."""
+    import numpy as np
+    import torch
+
+    from reference.preprocessing import load_landmarks_npy, normalise_keypoints
+
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise InputError(f"driver keypoints {path} do not exist")
+        raw = np.load(path)
+        if raw.shape == (136,):
+            kp = torch.from_numpy(raw.astype(np.float32))
+            if not torch.isfinite(kp).all():
+                raise InputError(f"driver keypoints {path} contain NaN or infinite values")
+            return kp
+        points = load_landmarks_npy(path)
+        return normalise_keypoints(points, keypoints_size or image_size)
+    return _source_face(path, None, image_size, crop).keypoints
+
+
+def cmd_render(args) -> int:
+    import imageio.v3 as iio
+    import numpy as np
+    import torch
+
+    from reference.face_samples import driving_sequence
+    from reference.preprocessing import draw_stickmen, tensor_to_image
+
+    job = RenderJob(args.source, args.driver, args.out, args.source_landmarks, args.keypoints_size,
+                    args.sequence_frames, args.force, not args.no_crop)
+    if not job.source.is_file():
+        raise InputError(f"source image {job.source} does not exist")
+    tmp = _prepare_output(job.out, job.force)
+    try:
+        model = _model_source(args).load()
+        size = model.config.image_size
+        face = _source_face(job.source, job.source_landmarks, size, job.crop)
+        drivers = torch.stack([_driver_keypoints(p, size, job.keypoints_size, job.crop) for p in job.drivers])
+        print(f"identity: {job.source.name} ({'with' if model.has_enhancer else 'without'} texture enhancer)", file=sys.stderr)
+        state = model.init_identity(face.image[None], face.keypoints[None])
+        frames = model.render(state, drivers)
+        (tmp / "frames").mkdir()
+        stickmen = draw_stickmen(drivers, size)
+        for i, path in enumerate(job.drivers):
+            iio.imwrite(tmp / "frames" / f"{i:03d}_{path.stem}.png", tensor_to_image(frames.image[i]))
+        strip_rows = [np.concatenate([tensor_to_image(face.image)] + [tensor_to_image(x) for x in stickmen], 1),
+                      np.concatenate([tensor_to_image(state.texture[0])] + [tensor_to_image(x) for x in frames.image], 1)]
+        iio.imwrite(tmp / "drivers_strip.png", np.concatenate(strip_rows, 0))
+        if job.sequence_frames > 0:
+            sequence = driving_sequence(face.keypoints, drivers[0], job.sequence_frames)
+            images = []
+            for start in range(0, len(sequence), 8):
+                images += [tensor_to_image(x) for x in model.render(state, sequence[start:start + 8]).image]
+                _progress("rendering the driven sequence")(min(start + 8, len(sequence)), len(sequence))
+            iio.imwrite(tmp / "sequence.gif", np.stack(images), duration=80, loop=0)
+            step = max(1, len(images) // 8)
+            iio.imwrite(tmp / "sequence_strip.png", np.concatenate(images[::step][:8], 1))
+            np.save(tmp / "sequence_keypoints.npy", sequence.numpy())
+        meta = {"model": _model_source(args).describe(), "source": str(job.source),
+                "drivers": [str(p) for p in job.drivers], "enhancer": model.has_enhancer,
+                "image_size": size, "sequence_frames": job.sequence_frames}
+        (tmp / "render.json").write_text(json.dumps(meta, indent=2))
+        _finish_output(tmp, job.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {job.out}/: frames/ ({len(job.drivers)} PNG), drivers_strip.png"
+          + (", sequence.gif, sequence_strip.png" if job.sequence_frames > 0 else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------ entry point
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bilayer-mobile",
+        description="Turn the bi-layer one-shot head-avatar model into validated on-device bundles. "
+                    "Without a checkpoint, commands use the built-in default model: the paper architecture "
+                    "with deterministic UNTRAINED weights (for demos, tests and benchmarks).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="config, parameters, MACs per network and warp size of a model")
+    _add_model_args(info, positional=True)
+    info.add_argument("--json", action="store_true", help="print a JSON report")
+    info.set_defaults(func=cmd_info)
+
+    render = sub.add_parser("render", help="run the PyTorch reference on real photos")
+    render.add_argument("--source", type=Path, required=True, help="source photo (the identity)")
+    render.add_argument("--source-landmarks", type=Path, help="68x2 pixel landmarks of the source (.npy); default: detected with dlib")
+    render.add_argument("--driver", type=Path, nargs="+", required=True,
+                        help="driver photos (landmarks detected) or keypoint files: .npy of 68x2 pixels or 136 normalised values")
+    render.add_argument("--keypoints-size", type=int,
+                        help="image size that pixel .npy driver keypoints refer to (default: the model's image size, "
+                             "as for official dataset crops)")
+    render.add_argument("--no-crop", action="store_true", help="inputs are already face crops of the model's size")
+    render.add_argument("--sequence-frames", type=int, default=24,
+                        help="frames of the driven demo sequence (source pose to first driver and back); 0 = none")
+    render.add_argument("--out", type=Path, required=True, help="output directory (written atomically)")
+    render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    _add_model_args(render, positional=False)
+    render.set_defaults(func=cmd_render)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BilayerError as exc:
+        print(f"bilayer-mobile {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
