@@ -31,7 +31,7 @@ from .config import BilayerConfig
 from .face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
 from .model import BilayerModel
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BILAYER_MOBILE_CACHE", "~/.cache/bilayer-mobile")).expanduser()
 
 
-def largest_singular_value(matrix: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+def largest_singular_value(matrix: torch.Tensor, iterations: int = 60) -> torch.Tensor:
     """Power iteration from a fixed start vector (deterministic, far cheaper than an SVD)."""
     v = torch.ones(matrix.shape[1], dtype=matrix.dtype) / matrix.shape[1] ** 0.5
     for _ in range(iterations):

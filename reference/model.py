@@ -283,6 +283,16 @@ def reconstruction_loss_gradient(texture: Tensor, target: Tensor, lowfreq: Tenso
 def load_network_state_dict(name: str, network: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """Strictly load one network's plain state dict with errors that name key and shapes."""
     expected = network.state_dict()
+    # Shape mismatches first: they say most about a wrong config (e.g. a 1088-wide first
+    # keypoints layer means harmonic encoding, with an extra `frequencies` buffer).
+    for key, value in state_dict.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{name}: key {key!r} has shape {tuple(value.shape)} in the checkpoint, but the "
+                f"architecture expects {tuple(expected[key].shape)}. The config does not match this "
+                "checkpoint: pass the run's args.txt or let the config be inferred from the checkpoint "
+                "(load_official_checkpoint does)."
+            )
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected:
@@ -296,11 +306,4 @@ def load_network_state_dict(name: str, network: nn.Module, state_dict: Mapping[s
             "Check that the checkpoint is an official bi-layer state dict of this network and that "
             "the config (args.txt) matches the run that wrote it."
         )
-    for key, value in state_dict.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{name}: key {key!r} has shape {tuple(value.shape)} in the checkpoint, but the "
-                f"architecture expects {tuple(expected[key].shape)}. The config does not match this "
-                "checkpoint: pass the run's args.txt or let the config be inferred from the checkpoint."
-            )
     network.load_state_dict(dict(state_dict), strict=True)

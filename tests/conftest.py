@@ -1,0 +1,87 @@
+"""Shared fixtures: paths of the official golden data and the real photos (read from ../shared)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared"
+SPEC = SHARED / "spec"
+GOLDEN = SPEC / "golden_tiny"
+GOLDEN_RUN = GOLDEN / "runs" / "bilayer_tiny"
+MANIFEST = SPEC / "official_state_dict_manifest.json"
+PHOTOS = PROJECT / "data" / "photos"
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, np.ndarray]:
+    if not GOLDEN.is_dir():
+        pytest.fail(f"{GOLDEN} is missing: the tests need ../shared/spec beside the project")
+    with np.load(GOLDEN / "official_outputs.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The official golden_tiny run loaded in float32 (eval mode, enhancer on)."""
+    from reference import load_official_checkpoint
+
+    return load_official_checkpoint(GOLDEN_RUN)
+
+
+@pytest.fixture(scope="session")
+def default_model_cache(tmp_path_factory) -> Path:
+    """A fresh cache directory in which the built-in default model is built once per session."""
+    return tmp_path_factory.mktemp("bilayer-cache")
+
+
+@pytest.fixture(scope="session")
+def default_model_paper(default_model_cache):
+    """The built-in default model (paper config), built from scratch once per test session."""
+    import os
+
+    from reference.default_model import default_model
+
+    old = os.environ.get("BILAYER_MOBILE_CACHE")
+    os.environ["BILAYER_MOBILE_CACHE"] = str(default_model_cache)
+    try:
+        return default_model()
+    finally:
+        if old is None:
+            os.environ.pop("BILAYER_MOBILE_CACHE", None)
+        else:
+            os.environ["BILAYER_MOBILE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def golden_run() -> Path:
+    """The official run directory of golden_tiny (read-only)."""
+    return GOLDEN_RUN
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    """The official state-dict manifest (paper configuration, both checkpoint forms)."""
+    import json
+
+    return json.loads(MANIFEST.read_text())
+
+
+@pytest.fixture(scope="session")
+def photos_dir() -> Path:
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def max_abs():
+    """max |a - b| over two tensors/arrays, in float64."""
+
+    def compute(a, b) -> float:
+        a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        b = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+        return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+
+    return compute

@@ -1,0 +1,128 @@
+"""The reference reproduces the official code's own outputs (../shared/spec/golden_tiny).
+
+golden_tiny is an official run (args.txt + spectral-norm checkpoints) in a small configuration,
+with the inputs, outputs and intermediates the official code computed. float64: the whole model
+cast after spectral norm is removed in float32, as the golden f64 outputs were made.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from reference import load_official_checkpoint
+
+OUTPUTS = {  # our name -> official key
+    "texture": "pred_tex_hf_rgbs",
+    "enhanced_texture": "pred_enh_tex_hf_rgbs",
+    "image_base": "pred_target_imgs",
+    "image_enhanced": "pred_enh_target_imgs",
+    "warped_enhanced": "pred_enh_target_delta_hf_rgbs",
+    "warped_base": "pred_target_delta_hf_rgbs",
+    "mask": "pred_target_segs",
+    "uv": "pred_target_uvs",
+    "lowfreq": "pred_target_delta_lf_rgbs",
+}
+
+
+def run_reference(model, golden, dtype, own_stickman: bool):
+    t = lambda key: torch.from_numpy(golden[key]).to(dtype)
+    stickman = None if own_stickman else t("source_stickman")
+    state = model.init_identity(t("source_img"), t("source_kp"), mask=t("source_mask"), stickman=stickman)
+    enhanced = model.render(state, t("target_kp"))
+    base = model.render(state, t("target_kp"), enhanced=False)
+    return {
+        "texture": state.texture,
+        "enhanced_texture": state.enhanced_texture,
+        "image_base": base.image,
+        "image_enhanced": enhanced.image,
+        "warped_enhanced": enhanced.warped_texture,
+        "warped_base": base.warped_texture,
+        "mask": enhanced.mask,
+        "uv": enhanced.uv,
+        "lowfreq": enhanced.lowfreq,
+    }
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def model_f64(golden_run):
+    with default_dtype(torch.float64):
+        return load_official_checkpoint(golden_run).double()
+
+
+@pytest.mark.parametrize("own_stickman", [False, True], ids=["official-stickman", "own-stickman"])
+def test_float64_matches_official_to_1e_10(model_f64, golden, max_abs, own_stickman):
+    with default_dtype(torch.float64):
+        outputs = run_reference(model_f64, golden, torch.float64, own_stickman)
+    for name, key in OUTPUTS.items():
+        assert outputs[name].dtype == torch.float64
+        error = max_abs(outputs[name], golden["f64_" + key])
+        assert error < 1e-10, f"{name}: max abs error {error:.3e} vs official float64"
+
+
+@pytest.mark.parametrize("own_stickman", [False, True], ids=["official-stickman", "own-stickman"])
+def test_float32_matches_official_to_roundoff(tiny_model, golden, max_abs, own_stickman):
+    outputs = run_reference(tiny_model, golden, torch.float32, own_stickman)
+    # the warp amplifies round-off of the UV field on high-frequency textures (FACTS.md)
+    limits = {"mask": 2e-5, "uv": 2e-5, "lowfreq": 2e-5, "texture": 2e-5, "enhanced_texture": 2e-4,
+              "image_base": 2e-3, "image_enhanced": 2e-3, "warped_enhanced": 2e-3, "warped_base": 2e-3}
+    for name, key in OUTPUTS.items():
+        error = max_abs(outputs[name], golden[key])
+        assert error < limits[name], f"{name}: max abs error {error:.3e} > {limits[name]:.0e}"
+
+
+def test_without_enhancer_gives_the_base_outputs(golden_run, golden, max_abs):
+    model = load_official_checkpoint(golden_run, with_enhancer=False)
+    assert not model.has_enhancer
+    t = lambda key: torch.from_numpy(golden[key])
+    state = model.init_identity(t("source_img"), t("source_kp"), mask=t("source_mask"))
+    assert state.enhanced_texture is None
+    out = model.render(state, t("target_kp"))
+    assert max_abs(out.image, golden["pred_target_imgs"]) < 2e-3
+    assert max_abs(out.image, golden["pred_enh_target_imgs"]) > 1e-2  # the enhancer really changes it
+    with pytest.raises(Exception, match="no enhanced texture"):
+        model.render(state, t("target_kp"), enhanced=True)
+
+
+def test_intermediates_match(tiny_model, golden, max_abs):
+    """Identity embeddings, pose embeddings and adaptive parameters in assignment order."""
+    t = lambda key: torch.from_numpy(golden[key])
+    x = torch.cat([t("source_img") * t("source_mask") - (1 - t("source_mask")), t("source_stickman")], 1)
+    with torch.no_grad():
+        embeddings = tiny_model.identity_embedder(x)
+        pose = tiny_model.keypoints_embedder(t("target_kp"))
+    assert len(embeddings) == 6
+    for i, e in enumerate(embeddings):
+        assert max_abs(e, golden[f"source_idt_embed_{i:02d}"]) < 1e-5
+    assert max_abs(pose, golden["target_pose_embeds"]) < 1e-5
+
+    state = tiny_model.init_identity(t("source_img"), t("source_kp"), mask=t("source_mask"))
+    official = sorted(k for k in golden if k.startswith("inf_adaptive_"))
+    assert len(state.adaptive_params) == len(official) // 2 == 18
+    for i, (weight, bias) in enumerate(state.adaptive_params):
+        w_key = next(k for k in official if k.startswith(f"inf_adaptive_{i:02d}_") and k.endswith("_weight"))
+        b_key = next(k for k in official if k.startswith(f"inf_adaptive_{i:02d}_") and k.endswith("_bias"))
+        assert ("AdaptiveConv2d" in w_key) == (weight.dim() == 3), w_key
+        assert max_abs(weight, golden[w_key].reshape(weight.shape)) < 1e-6, w_key
+        assert max_abs(bias, golden[b_key].reshape(bias.shape)) < 1e-6, b_key
+
+
+def test_source_pose_predictions_match(tiny_model, golden, max_abs):
+    """The enhancer's inputs: the inference generator on the source pose."""
+    t = lambda key: torch.from_numpy(golden[key])
+    state = tiny_model.init_identity(t("source_img"), t("source_kp"), mask=t("source_mask"))
+    out = tiny_model.render(state, t("source_kp"))
+    assert max_abs(out.uv, golden["pred_source_uvs"]) < 2e-5
+    assert max_abs(out.lowfreq, golden["pred_source_delta_lf_rgbs"]) < 2e-5
+    assert max_abs(out.mask, golden["pred_source_segs"]) < 2e-5
