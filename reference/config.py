@@ -4,7 +4,7 @@ Field names are the official command-line flags (`runs/<experiment>/args.txt` us
 config can be read from an official run without a translation table. Only the flags that change
 the inference networks are kept; `BilayerConfig.paper()` is the configuration of the released
 model (argparse defaults plus the flags of the official training scripts, with the traps of
-those scripts resolved as documented in docs/official_facts.md).
+those scripts resolved as documented in docs/reference.md).
 
 A config can come from three places: the paper defaults, an official `args.txt`, and the tensor
 shapes of a checkpoint. `resolve_config` merges the last two and raises `ConfigError` naming the

@@ -9,7 +9,7 @@ Adaptive layers (the identity-specific 1x1 convolutions and norm affines) hold n
 generator's forward takes the adaptive parameters as an explicit list, and each adaptive layer
 takes the next entry in execution order. That order is the official assignment order (module
 traversal order), which is why the projectors' per-level outputs do not line up with the
-ResBlocks (docs/official_facts.md).
+ResBlocks (docs/reference.md).
 
 Adaptive parameter formats (batch B = identities; inputs may hold B*T frames, grouped by
 identity as in the official code):
