@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -56,8 +57,13 @@ class ModelSource:
 
 
 def _progress(label: str):
+    interactive = sys.stderr.isatty()
+
     def report(done: int, total: int) -> None:
-        print(f"\r{label}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        if interactive:
+            print(f"\r{label}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        else:  # logs and CI: one line per step
+            print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
 
     return report
 
@@ -133,6 +139,8 @@ class RenderJob:
 
 def _prepare_output(out: Path, force: bool) -> Path:
     """A fresh temporary directory beside `out`; checked before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file, not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +148,9 @@ def _prepare_output(out: Path, force: bool) -> Path:
 
 
 def _finish_output(tmp: Path, out: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp creates it private
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -169,7 +180,12 @@ def _driver_keypoints(path: Path, image_size: int, keypoints_size: int | None, c
     if path.suffix.lower() == ".npy":
         if not path.is_file():
             raise InputError(f"driver keypoints {path} do not exist")
-        raw = np.load(path)
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"cannot read driver keypoints {path}: {exc}") from None
+        if not isinstance(raw, np.ndarray):
+            raise InputError(f"driver keypoints {path} is not a single .npy array (an .npz archive?)")
         if raw.shape == (136,):
             kp = torch.from_numpy(raw.astype(np.float32))
             if not torch.isfinite(kp).all():
@@ -232,6 +248,20 @@ def cmd_render(args) -> int:
 
 
 # ------------------------------------------------------------------------------ entry point
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bilayer-mobile",
@@ -251,11 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--source-landmarks", type=Path, help="68x2 pixel landmarks of the source (.npy); default: detected with dlib")
     render.add_argument("--driver", type=Path, nargs="+", required=True,
                         help="driver photos (landmarks detected) or keypoint files: .npy of 68x2 pixels or 136 normalised values")
-    render.add_argument("--keypoints-size", type=int,
+    render.add_argument("--keypoints-size", type=_positive_int,
                         help="image size that pixel .npy driver keypoints refer to (default: the model's image size, "
                              "as for official dataset crops)")
     render.add_argument("--no-crop", action="store_true", help="inputs are already face crops of the model's size")
-    render.add_argument("--sequence-frames", type=int, default=24,
+    render.add_argument("--sequence-frames", type=_non_negative_int, default=24,
                         help="frames of the driven demo sequence (source pose to first driver and back); 0 = none")
     render.add_argument("--out", type=Path, required=True, help="output directory (written atomically)")
     render.add_argument("--force", action="store_true", help="replace a non-empty output directory")

@@ -127,14 +127,14 @@ def perturb_keypoints(keypoints: torch.Tensor, count: int, seed: int = 0, streng
         mouth = rng.uniform(0, 0.08) * strength
         p[[56, 57, 58, 65, 66, 67], 1] += mouth
         p[5:12, 1] += mouth * 0.5
-        blink = rng.uniform(0, 1) < 0.2
+        blink = rng.uniform(0, 1) < 0.2 * strength
         if blink:
             for upper, lower in ((37, 41), (38, 40), (43, 47), (44, 46)):
                 mid = (p[upper, 1] + p[lower, 1]) / 2
                 p[upper, 1] = p[lower, 1] = mid
         angle = np.deg2rad(rng.uniform(-10, 10) * strength)
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        p = p @ rot.T * rng.uniform(0.95, 1.05) + centre + rng.uniform(-0.03, 0.03, 2) * strength
+        p = p @ rot.T * (1 + rng.uniform(-0.05, 0.05) * strength) + centre + rng.uniform(-0.03, 0.03, 2) * strength
         out.append(p.reshape(-1))
     return torch.tensor(np.stack(out), dtype=torch.float32)
 

@@ -97,6 +97,8 @@ def load_rgb(path: Path | str) -> np.ndarray:
 def normalise_keypoints(points: np.ndarray, crop_size: float) -> torch.Tensor:
     """Pixel landmarks [68, 2] in a crop of side `crop_size` -> [136] in [-1, 1] (x, y interleaved)."""
     points = np.asarray(points, dtype=np.float32)
+    if not crop_size > 0:
+        raise InputError(f"crop size must be positive, got {crop_size}")
     if points.shape != (68, 2):
         raise InputError(f"landmarks have shape {points.shape}, expected (68, 2)")
     if not np.isfinite(points).all():

@@ -47,9 +47,10 @@ def network_costs(model: BilayerModel) -> list[NetworkCost]:
         NetworkCost("keypoints_embedder", count(model.keypoints_embedder), _macs(lambda: model.keypoints_embedder(keypoints)), "per frame"),
         NetworkCost("inference_generator", count(inf.gen_inf), _macs(lambda: inf(pose, params)), "per frame"),
     ]
-    enhancer_step = _macs(lambda: model.texture_enhancer(torch.zeros(1, 6, s, s, dtype=dtype)))
-    costs.append(NetworkCost("texture_enhancer", count(model.texture_enhancer),
-                             enhancer_step * cfg.enh_unrolling_depth, "per identity (all unrolled steps)"))
+    if model.has_enhancer:
+        enhancer_step = _macs(lambda: model.texture_enhancer(torch.zeros(1, 6, s, s, dtype=dtype)))
+        costs.append(NetworkCost("texture_enhancer", count(model.texture_enhancer),
+                                 enhancer_step * cfg.enh_unrolling_depth, "per identity (all unrolled steps)"))
     return costs
 
 
