@@ -1,6 +1,8 @@
 """`bilayer-mobile`: the command-line front door of the toolchain.
 
 Subcommands:
+  export    model -> validated on-device bundle (ONNX, TFLite/LiteRT; fp32, fp16, int8)
+  validate  run every artifact of a bundle in its runtime, gate on parity with the reference
   info    config, networks, parameter counts, MACs and warp size of a checkpoint (or the
           built-in default model)
   render  the PyTorch reference end to end on real photos: source photo + driver photos or
@@ -247,6 +249,47 @@ def cmd_render(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ export / validate
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def cmd_export(args) -> int:
+    from export.bundle import ExportConfig, export_bundle
+    from runtime_bench.validate import results_table, validate_bundle
+
+    config = ExportConfig(out=args.out, targets=_csv(args.targets), precisions=_csv(args.precisions),
+                          data_root=args.data_root)  # checks targets and precisions before any work
+    if args.out.exists():
+        raise OutputExistsError(f"output directory {args.out} already exists; choose another --out or remove it")
+    source = _model_source(args)
+    model = source.load()
+    log = lambda message: print(message, file=sys.stderr, flush=True)
+    manifest = export_bundle(model, config, source.describe(), progress=log)
+    print(f"wrote {args.out}: {len(manifest['artifacts'])} artifacts, all within their parity thresholds")
+    print((args.out / "reports" / "parity.md").read_text().split("\n\n")[2])
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from runtime_bench.compare import THRESHOLDS_DB
+    from runtime_bench.validate import results_table, validate_bundle, write_reports
+
+    log = lambda message: print(message, file=sys.stderr, flush=True)
+    results, worst = validate_bundle(args.bundle, progress=log)
+    if args.write_reports:
+        write_reports(args.bundle, results, worst)
+    print("thresholds (gated output PSNR vs the PyTorch reference): "
+          + ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items()))
+    print(results_table(results))
+    failed = [r.name for r in results if not r.passed]
+    if failed:
+        print(f"FAIL: {len(failed)} artifact(s) below threshold: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"PASS: {len(results)} artifacts")
+    return 0
+
+
 # ------------------------------------------------------------------------------ entry point
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -291,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     _add_model_args(render, positional=False)
     render.set_defaults(func=cmd_render)
+    export = sub.add_parser("export", help="export a model to a validated on-device bundle (ONNX, TFLite)")
+    _add_model_args(export, positional=True)
+    export.add_argument("--targets", default="onnx,tflite", help="comma-separated: onnx, tflite (default: both)")
+    export.add_argument("--precisions", default="fp32,fp16,int8",
+                        help="comma-separated: fp32, fp16, int8_dynamic, int8 (calibrated static, mixed); "
+                             "default fp32,fp16,int8")
+    export.add_argument("--data-root", type=Path,
+                        help="calibration/golden data in the official dataset layout (default: data/photos, augmented)")
+    export.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist)")
+    export.set_defaults(func=cmd_export)
+
+    validate = sub.add_parser("validate", help="run every artifact of a bundle in its runtime and gate on parity")
+    validate.add_argument("bundle", type=Path, help="bundle directory written by `export`")
+    validate.add_argument("--write-reports", action="store_true", help="rewrite the bundle's reports/ with these results")
+    validate.set_defaults(func=cmd_validate)
     return parser
 
 

@@ -1,0 +1,274 @@
+"""`export`: turn a model into a self-describing, validated on-device bundle.
+
+A bundle directory holds:
+  manifest.json        every artifact (target, precision, graph, file, sha256, input/output names,
+                       shapes, dtypes, quantization), preprocessing constants, the adaptive-parameter
+                       layout, tool versions
+  models/              <graph>_<precision>.onnx / .tflite
+  golden/<graph>.npz   real-face inputs and the PyTorch reference's outputs, keys = the artifacts'
+                       input and output names, a leading sample axis
+  reports/             parity.json, parity.md and a picture of the worst artifact
+
+It is written to a temporary directory beside the destination and renamed only when every
+artifact is exported and validated, so a failed or interrupted export leaves nothing behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reference.errors import BilayerError
+from reference.model import BilayerModel
+from reference.preprocessing import STICKMAN_PARTS
+
+from .calibration import FaceClip, frame_feeds, identity_feeds, photo_clips
+from .graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
+
+TARGETS = ("onnx", "tflite")
+PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8")
+# The identity graph runs once per identity (seconds are fine there); it is exported in float.
+IDENTITY_PRECISIONS = ("fp32", "fp16")
+GRAPH_INPUTS = {
+    "identity": ("source_image", "source_stickman", "source_keypoints", "source_mask"),
+    "frame": ("keypoints", "texture", "adaptive_params"),
+    "baked_frame": ("keypoints",),
+}
+GRAPH_OUTPUTS = {
+    "identity": ("texture", "adaptive_params"),
+    "frame": ("image", "mask", "uv", "lowfreq"),
+    "baked_frame": ("image", "mask", "uv", "lowfreq"),
+}
+EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+
+
+class ExportError(BilayerError):
+    """An export option is invalid or an artifact could not be produced."""
+
+
+class ValidationFailed(BilayerError):
+    """An exported artifact fell below its parity threshold."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how."""
+
+    out: Path
+    targets: tuple[str, ...] = TARGETS
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    calibration_identities: int = 8
+    calibration_frames: int = 4
+    golden_identities: int = 2
+    golden_frames: int = 3
+    seed: int = 2026
+    data_root: Path | None = None
+
+    def __post_init__(self):
+        for t in self.targets:
+            if t not in TARGETS:
+                raise ExportError(f"unknown target {t!r}; choose from {', '.join(TARGETS)} "
+                                  "(Core ML and NNAPI profiles are not built yet)")
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                raise ExportError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+        if not self.targets or not self.precisions:
+            raise ExportError("at least one target and one precision are needed")
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for dist in ("torch", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert", "ai-edge-quantizer",
+                 "tensorflow", "numpy"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def preprocessing_constants(model: BilayerModel) -> dict:
+    """What an app must do before calling the identity and frame graphs."""
+    size = model.config.image_size
+    return {
+        "image_size": size,
+        "image": "RGB float32 [1,3,S,S] = (uint8 / 255 - 0.5) * 2",
+        "mask": "float32 [1,1,S,S] in [0,1]; all ones when no segmentation is available",
+        "keypoints": "68 landmarks of the crop, float32 [1,136] = (pixel / crop_side - 0.5) * 2, interleaved x0,y0,x1,y1,...",
+        "crop": "square of side 2*max(bbox w,h) around the landmarks' bbox centre, centre moved up by size//6, "
+                "black outside the photo, bicubic resize to SxS",
+        "stickman": {
+            "canvas": f"uint8 {size}x{size}x3 filled with 1, then (x / 255 - 0.5) * 2",
+            "points": "int32(trunc((kp + 1) / 2 * S))",
+            "thickness": model.config.stickmen_thickness,
+            "parts": [{"points": list(p), "closed": c, "rgb": list(col)} for p, c, col in STICKMAN_PARTS],
+        },
+        "output_image": "float32 [1,3,S,S], not clamped; display: clamp to [-1,1], (x + 1) / 2 * 255",
+    }
+
+
+def _stack_feeds(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([f[k] for f in feeds]).astype(np.float32) for k in feeds[0]}
+
+
+@torch.no_grad()
+def _reference_outputs(graph: torch.nn.Module, names_in, names_out, feeds) -> dict[str, np.ndarray]:
+    outs = {n: [] for n in names_out}
+    for feed in feeds:
+        result = graph(*[torch.from_numpy(feed[n]) for n in names_in])
+        for n, value in zip(names_out, result):
+            outs[n].append(value.numpy())
+    return {n: np.stack(v).astype(np.float32) for n, v in outs.items()}
+
+
+def _exporter(target: str):
+    if target == "onnx":
+        from .onnx_export import export_onnx
+
+        return export_onnx
+    from .tflite import export_tflite
+
+    return export_tflite
+
+
+def _io_details(details) -> list[dict]:
+    out = []
+    for d in details:
+        entry = {"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": str(d["dtype"])}
+        q = d.get("quantization")
+        entry["quantization"] = q if q else None
+        out.append(entry)
+    return out
+
+
+def export_bundle(model: BilayerModel, config: ExportConfig, model_description: str, progress=print) -> dict:
+    """Export, validate and atomically publish a bundle; returns the manifest.
+
+    Raises `ValidationFailed` (and publishes nothing) when an artifact misses its threshold.
+    """
+    from runtime_bench.validate import make_runner, sha256_file, validate_bundle, write_reports
+
+    out = Path(config.out)
+    if out.exists():
+        raise ExportError(f"output directory {out} already exists; choose another --out or remove it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model = model.eval()
+        size = model.config.image_size
+        progress("preparing real-face data (calibration and golden sets)")
+        if config.data_root:
+            from .calibration import dataset_clips
+
+            clips = dataset_clips(config.data_root, max_clips=config.calibration_identities + config.golden_identities,
+                                  frames=max(config.calibration_frames, config.golden_frames), image_size=size)
+            golden_clips, calib_clips = clips[: config.golden_identities], clips[config.golden_identities:] or clips
+        else:
+            golden_clips = photo_clips(config.golden_identities, config.golden_frames, config.seed, image_size=size)
+            calib_clips = photo_clips(config.calibration_identities, config.calibration_frames, config.seed + 1,
+                                      image_size=size)
+
+        # graphs, golden vectors and calibration feeds
+        first = golden_clips[0]
+        state = model.init_identity(first.image[None], first.keypoints[None])
+        layout = adaptive_layout(state)
+        graphs = {
+            "identity": IdentityGraph(model),
+            "frame": FrameGraph(model, layout, debug_outputs=True),
+            "baked_frame": BakedFrameGraph(model, state, debug_outputs=True),
+        }
+        baked_clip = FaceClip(first.image, first.keypoints, first.drivers)
+        feeds = {
+            "identity": identity_feeds(golden_clips, size),
+            "frame": frame_feeds(model, golden_clips),
+            "baked_frame": [{"keypoints": kp[None].numpy()} for kp in baked_clip.drivers],
+        }
+        calibration = {
+            "frame": frame_feeds(model, calib_clips),
+            "baked_frame": [{"keypoints": kp[None].numpy()} for c in calib_clips for kp in c.drivers],
+            "identity": identity_feeds(calib_clips, size),
+        }
+        (tmp / "golden").mkdir()
+        golden_meta = {}
+        for name, graph in graphs.items():
+            reference = _reference_outputs(graph, GRAPH_INPUTS[name], GRAPH_OUTPUTS[name], feeds[name])
+            path = tmp / "golden" / f"{name}.npz"
+            np.savez(path, **_stack_feeds(feeds[name]), **reference)
+            golden_meta[f"golden/{name}.npz"] = {"sha256": sha256_file(path), "samples": len(feeds[name])}
+
+        # artifacts
+        (tmp / "models").mkdir()
+        artifacts = []
+        jobs = [(g, t, p) for g in graphs for t in config.targets for p in config.precisions
+                if g != "identity" or p in IDENTITY_PRECISIONS]
+        for i, (graph_name, target, precision) in enumerate(jobs, 1):
+            name = f"{graph_name}_{precision}_{target}"
+            file = Path("models") / f"{graph_name}_{precision}{EXTENSIONS[target]}"
+            progress(f"[{i}/{len(jobs)}] exporting {name}")
+            example = {k: torch.from_numpy(v) for k, v in feeds[graph_name][0].items()}
+            started = time.perf_counter()
+            result = _exporter(target)(graphs[graph_name], example, list(GRAPH_OUTPUTS[graph_name]), tmp / file,
+                                       precision, calibration=calibration[graph_name] if precision == "int8" else None)
+            seconds = time.perf_counter() - started
+            runner = make_runner(target, tmp / file)
+            artifacts.append({
+                "name": name, "graph": graph_name, "target": target, "precision": precision,
+                "file": str(file), "sha256": sha256_file(tmp / file), "size_bytes": (tmp / file).stat().st_size,
+                "inputs": _io_details(runner.inputs), "outputs": _io_details(runner.outputs),
+                "golden": f"golden/{graph_name}.npz",
+                "float_ops": getattr(result, "float_ops", None), "notes": list(getattr(result, "notes", [])),
+                "export_seconds": round(seconds, 1),
+            })
+
+        manifest = {
+            "format": "bilayer-mobile-bundle",
+            "format_version": 1,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": {"source": model_description, "config": dataclasses.asdict(model.config),
+                      "enhancer": model.has_enhancer},
+            "graphs": {
+                "identity": "once per identity: (source_image, source_stickman, source_keypoints, source_mask) -> "
+                            "(texture, adaptive_params)",
+                "frame": "once per frame: (keypoints, texture, adaptive_params) -> (image, mask, uv, lowfreq)",
+                "baked_frame": "once per frame, one identity folded in: keypoints -> (image, mask, uv, lowfreq)",
+            },
+            "adaptive_params_layout": [dataclasses.asdict(e) for e in layout],
+            "preprocessing": preprocessing_constants(model),
+            "golden": golden_meta,
+            "artifacts": artifacts,
+            "not_exported": {
+                "coreml": "not built yet (issue 3/4)",
+                "nnapi": "not built yet (issue 3/4)",
+                "identity int8": "the identity graph runs once per identity; it is exported in fp32 and fp16",
+            },
+            "tools": tool_versions(),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+        progress("validating every artifact in its runtime")
+        results, worst = validate_bundle(tmp, progress=progress)
+        write_reports(tmp, results, worst)
+        failed = [r for r in results if not r.passed]
+        if failed:
+            from runtime_bench.validate import results_table
+
+            raise ValidationFailed(
+                f"{len(failed)} artifact(s) below threshold, bundle not written:\n" + results_table(results))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)
+        tmp.rename(out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

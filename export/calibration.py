@@ -1,0 +1,117 @@
+"""Real-face data for quantization calibration, golden vectors and parity checks.
+
+Two sources:
+- photos (default: the project's `data/photos`), augmented the way a user's video varies them
+  (`reference.face_samples`: head roll, mirror, framing, lighting; driving poses from landmark
+  perturbations);
+- the official dataset layout, for users' own data:
+  `DATA_ROOT/imgs/{train,test}/PERSON/VIDEO/SEQ/FRAME.jpg` with `keypoints/.../FRAME.npy`
+  (68 x 2 pixels, divided by the image width as the official loader does) and optional
+  `segs/.../FRAME.png` masks. The first frame of a sequence is the source, the rest drive it.
+
+Calibration and evaluation use different seeds (or different sequences), so a parity figure is
+never measured on the data a quantizer was calibrated on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reference.errors import InputError
+from reference.face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
+from reference.model import BilayerModel
+from reference.preprocessing import draw_stickmen, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
+
+
+@dataclass
+class FaceClip:
+    """One identity: a source crop and the keypoints of the frames that drive it."""
+
+    image: torch.Tensor  # [3, S, S] in [-1, 1]
+    keypoints: torch.Tensor  # [136]
+    drivers: torch.Tensor  # [T, 136]
+    mask: torch.Tensor | None = None  # [1, S, S] in [0, 1]
+
+
+def photo_clips(count: int, frames: int, seed: int, photos_dir: Path | str = DEFAULT_PHOTOS_DIR,
+                image_size: int = 256) -> list[FaceClip]:
+    """`count` augmented identities from photos, each with `frames` perturbed driving poses."""
+    crops = augmented_crops(load_face_photos(photos_dir), count, seed=seed, image_size=image_size)
+    return [FaceClip(c.image, c.keypoints, perturb_keypoints(c.keypoints, frames, seed=seed * 1000 + i))
+            for i, c in enumerate(crops)]
+
+
+def dataset_clips(data_root: Path | str, split: str = "test", max_clips: int = 16, frames: int = 4,
+                  image_size: int = 256) -> list[FaceClip]:
+    """Clips from the official dataset layout (see the module docstring)."""
+    root = Path(data_root)
+    imgs = root / "imgs" / split
+    if not imgs.is_dir():
+        raise InputError(f"{imgs} does not exist; expected DATA_ROOT/imgs/{split}/PERSON/VIDEO/SEQ/FRAME.jpg")
+    clips = []
+    for seq in sorted(p for p in imgs.glob("*/*/*") if p.is_dir()):
+        frame_files = sorted(seq.glob("*.jpg"))[: frames + 1]
+        if len(frame_files) < 2:
+            continue
+        rel = seq.relative_to(imgs)
+        keypoints, images = [], []
+        for f in frame_files:
+            image = load_rgb(f)
+            points = load_landmarks_npy(root / "keypoints" / split / rel / (f.stem + ".npy"))
+            keypoints.append(normalise_keypoints(points, image.shape[1]))
+            images.append(image)
+        source = images[0]
+        if source.shape[:2] != (image_size, image_size):
+            from PIL import Image
+
+            source = np.asarray(Image.fromarray(source).resize((image_size, image_size), Image.BICUBIC))
+        mask = None
+        seg = root / "segs" / split / rel / (frame_files[0].stem + ".png")
+        if seg.is_file():
+            from PIL import Image
+
+            m = Image.open(seg).convert("L").resize((image_size, image_size), Image.BILINEAR)
+            mask = torch.from_numpy(np.asarray(m, np.float32) / 255.0)[None]
+        clips.append(FaceClip(image_to_tensor(source), keypoints[0], torch.stack(keypoints[1:]), mask))
+        if len(clips) >= max_clips:
+            break
+    if not clips:
+        raise InputError(f"no sequence under {imgs} has 2+ frames with keypoints")
+    return clips
+
+
+def identity_feeds(clips: list[FaceClip], image_size: int = 256) -> list[dict[str, np.ndarray]]:
+    """Inputs of the identity graph, one feed per clip (batch 1)."""
+    feeds = []
+    for c in clips:
+        mask = c.mask if c.mask is not None else torch.ones(1, image_size, image_size)
+        feeds.append({
+            "source_image": c.image[None].numpy(),
+            "source_stickman": draw_stickmen(c.keypoints[None], image_size).numpy(),
+            "source_keypoints": c.keypoints[None].numpy(),
+            "source_mask": mask[None].numpy().astype(np.float32),
+        })
+    return feeds
+
+
+def frame_feeds(model: BilayerModel, clips: list[FaceClip]) -> list[dict[str, np.ndarray]]:
+    """Inputs of the frame graph (keypoints, texture, adaptive_params), one feed per driving frame.
+
+    The identity state is computed by the PyTorch reference, so frame-graph parity is measured
+    on exactly the texture and parameters a correct identity graph produces.
+    """
+    from .graphs import pack_adaptive_params
+
+    feeds = []
+    for c in clips:
+        mask = None if c.mask is None else c.mask[None]
+        state = model.init_identity(c.image[None], c.keypoints[None], mask=mask)
+        texture = state.enhanced_texture if state.enhanced_texture is not None else state.texture
+        flat = pack_adaptive_params(state)
+        for kp in c.drivers:
+            feeds.append({"keypoints": kp[None].numpy(), "texture": texture.numpy(),
+                          "adaptive_params": flat.numpy()})
+    return feeds
