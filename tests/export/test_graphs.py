@@ -1,0 +1,104 @@
+"""The identity / frame / baked graphs reproduce the reference, with the documented contract."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from export.graphs import (
+    BakedFrameGraph,
+    FrameGraph,
+    IdentityGraph,
+    adaptive_layout,
+    grid_sample_adjoint,
+    pack_adaptive_params,
+    reconstruction_loss_gradient_explicit,
+    unpack_adaptive_params,
+)
+from reference.model import reconstruction_loss_gradient, warp
+
+
+@pytest.fixture(scope="module")
+def golden_inputs(golden):
+    t = lambda key: torch.from_numpy(golden[key])
+    return {k: t(k) for k in ("source_img", "source_kp", "target_kp", "source_mask", "source_stickman")}
+
+
+@pytest.fixture(scope="module")
+def state(tiny_model, golden_inputs):
+    g = golden_inputs
+    return tiny_model.init_identity(g["source_img"], g["source_kp"], mask=g["source_mask"])
+
+
+def test_identity_graph_contract_and_parity(tiny_model, golden_inputs, state, golden):
+    g = golden_inputs
+    with torch.no_grad():
+        texture, flat = IdentityGraph(tiny_model)(g["source_img"], g["source_stickman"], g["source_kp"], g["source_mask"])
+    layout = adaptive_layout(state)
+    assert texture.shape == (1, 3, 256, 256)
+    assert flat.shape == (1, sum(e.size for e in layout)) == (1, 4364)
+    # the enhanced texture, computed with the explicit adjoint instead of autograd
+    torch.testing.assert_close(texture, state.enhanced_texture, rtol=0, atol=1e-5)
+    assert float((texture - torch.from_numpy(golden["pred_enh_tex_hf_rgbs"])).abs().max()) < 2e-4
+    torch.testing.assert_close(flat, pack_adaptive_params(state), rtol=0, atol=0)
+
+
+def test_pack_unpack_round_trip(state):
+    layout = adaptive_layout(state)
+    kinds = [e.kind for e in layout]
+    assert kinds == ["norm", "conv"] + ["norm", "norm", "conv"] * 5 + ["norm"]
+    params = unpack_adaptive_params(pack_adaptive_params(state), layout)
+    for (w, b), (w2, b2) in zip(state.adaptive_params, params):
+        assert torch.equal(w, w2) and torch.equal(b, b2)
+
+
+def test_frame_graph_equals_render(tiny_model, golden_inputs, state):
+    layout = adaptive_layout(state)
+    graph = FrameGraph(tiny_model, layout, debug_outputs=True)
+    kp = golden_inputs["target_kp"][1:2]
+    with torch.no_grad():
+        image, mask, uv, lowfreq = graph(kp, state.enhanced_texture, pack_adaptive_params(state))
+    ref = tiny_model.render(state, kp)
+    assert image.shape == (1, 3, 256, 256) and mask.shape == (1, 1, 256, 256) and uv.shape == (1, 256, 256, 2)
+    for ours, theirs in ((image, ref.image), (mask, ref.mask), (uv, ref.uv), (lowfreq, ref.lowfreq)):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_baked_equals_dynamic(tiny_model, golden_inputs, state):
+    kp = golden_inputs["target_kp"]
+    baked = BakedFrameGraph(tiny_model, state, debug_outputs=True)
+    dynamic = FrameGraph(tiny_model, adaptive_layout(state), debug_outputs=True)
+    for i in range(2):
+        with torch.no_grad():
+            a = baked(kp[i : i + 1])
+            b = dynamic(kp[i : i + 1], state.enhanced_texture, pack_adaptive_params(state))
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    # every folded constant is a contiguous tensor of its own (converters mis-handle strided views)
+    for name, buffer in baked.named_buffers():
+        if name.startswith(("texture", "adaptive_")):
+            assert buffer.is_contiguous() and buffer.storage_offset() == 0, name
+            assert buffer.untyped_storage().nbytes() == buffer.numel() * buffer.element_size(), name
+
+
+@pytest.mark.parametrize("loss", ["sse", "l1"])
+def test_enhancer_adjoint_equals_autograd(loss):
+    torch.manual_seed(0)
+    texture = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    uv = torch.rand(2, 48, 48, 2, dtype=torch.float64) * 2.3 - 1.15  # some samples fall outside: zero padding
+    lowfreq = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    seg = torch.rand(2, 1, 48, 48, dtype=torch.float64)
+    target = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    auto = reconstruction_loss_gradient(texture, target, lowfreq, uv, seg, loss)
+    explicit = reconstruction_loss_gradient_explicit(texture, target, lowfreq, uv, seg, loss)
+    torch.testing.assert_close(explicit, auto, rtol=0, atol=1e-12)
+
+
+def test_adjoint_is_the_transpose_of_grid_sample():
+    """<warp(T), G> == <T, adjoint(G)> for random T, G: the defining property of an adjoint."""
+    torch.manual_seed(1)
+    texture = torch.randn(1, 2, 16, 16, dtype=torch.float64)
+    uv = torch.rand(1, 20, 20, 2, dtype=torch.float64) * 2.4 - 1.2
+    grad = torch.randn(1, 2, 20, 20, dtype=torch.float64)
+    lhs = (warp(texture, uv) * grad).sum()
+    rhs = (texture * grid_sample_adjoint(grad, uv, (16, 16))).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)

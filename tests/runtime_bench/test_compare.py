@@ -1,0 +1,36 @@
+"""Comparators: PSNR with the reference's range as peak, cosine, UV error in pixels."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from runtime_bench.compare import THRESHOLDS_DB, compare_output, cosine, psnr_db, uv_error_px
+
+
+def test_psnr_uses_reference_range_as_peak():
+    ref = np.linspace(-1, 1, 1000)
+    noisy = ref + 0.01  # mse 1e-4, peak 2 -> 10*log10(4/1e-4) = 46.02 dB
+    assert psnr_db(ref, noisy) == pytest.approx(10 * math.log10(4 / 1e-4))
+    assert psnr_db(ref * 0.5, ref * 0.5 + 0.01) == pytest.approx(10 * math.log10(1 / 1e-4))
+    assert psnr_db(ref, ref) == math.inf
+    with pytest.raises(ValueError, match="shape mismatch"):
+        psnr_db(ref, ref[:10])
+
+
+def test_cosine_and_uv_error():
+    a = np.array([1.0, 2.0, 3.0])
+    assert cosine(a, a) == pytest.approx(1.0)
+    assert cosine(a, -a) == pytest.approx(-1.0)
+    uv = np.zeros((1, 4, 4, 2))
+    shifted = uv.copy()
+    shifted[..., 0] += 2 / 256  # one pixel to the right at 256x256
+    assert uv_error_px(uv, shifted, 256) == pytest.approx(1.0)
+    comparison = compare_output("uv", uv, shifted, 256)
+    assert comparison.uv_error_px == pytest.approx(1.0) and comparison.max_abs == pytest.approx(2 / 256)
+
+
+def test_thresholds_are_ordered_by_precision():
+    assert THRESHOLDS_DB["fp32"] >= 60 and THRESHOLDS_DB["fp16"] >= 40 and THRESHOLDS_DB["int8"] >= 30
+    assert THRESHOLDS_DB["fp32"] > THRESHOLDS_DB["fp16"] > THRESHOLDS_DB["int8"]
