@@ -142,11 +142,13 @@ def _exporter(target: str):
 
 
 def _io_details(details) -> list[dict]:
+    """Runner tensor infos -> manifest entries (quantization only for quantized boundary tensors)."""
     out = []
     for d in details:
-        entry = {"name": d["name"], "shape": [int(s) for s in d["shape"]], "dtype": str(d["dtype"])}
-        q = d.get("quantization")
-        entry["quantization"] = q if q else None
+        entry = {"name": d.name, "shape": [int(s) for s in d.shape], "dtype": str(np.dtype(d.dtype))}
+        scales = getattr(d, "scales", ())
+        entry["quantization"] = ({"scale": list(scales), "zero_point": list(getattr(d, "zero_points", ()))}
+                                 if scales else None)
         out.append(entry)
     return out
 

@@ -119,7 +119,10 @@ class IdentityGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor, stickman: Tensor, keypoints: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, source_image: Tensor, source_stickman: Tensor, source_keypoints: Tensor,
+                source_mask: Tensor) -> tuple[Tensor, Tensor]:
+        # argument names are the contract's input names (exporters name graph inputs after them)
+        image, stickman, keypoints, mask = source_image, source_stickman, source_keypoints, source_mask
         m, cfg = self.model, self.model.config
         x = mask_image(image, mask) if cfg.emb_apply_masks else image
         if not cfg.emb_no_stickman:
