@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup test test-fast bundle info clean
+.PHONY: setup test test-fast bundle validate info clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,21 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow"
 
-# For now (issue 1/4): the reference on the built-in default model, driven by the photos in
-# data/photos; writes rendered frames, a strip and a GIF of a driven sequence to $(OUT)/render.
+# The main job on the built-in default model: export identity, frame and baked frame graphs to
+# ONNX and TFLite at fp32, fp16 and calibrated int8, validate every artifact in its runtime
+# (the bundle is only published when all pass) and print the parity table; then render the
+# reference on the photos in data/photos (frames, strip, GIF) for a look.
 bundle: $(STAMP)
 	$(BIN)/bilayer-mobile info
+	rm -rf $(OUT)/bundle
+	$(BIN)/bilayer-mobile export --targets onnx,tflite --precisions fp32,fp16,int8 --out $(OUT)/bundle
 	$(BIN)/bilayer-mobile render --source data/photos/source.jpg \
 		--driver data/photos/target.jpg data/photos/source.jpg \
 		--sequence-frames 24 --out $(OUT)/render --force
+
+# Re-run the parity gate on an existing bundle.
+validate: $(STAMP)
+	$(BIN)/bilayer-mobile validate $(OUT)/bundle
 
 info: $(STAMP)
 	$(BIN)/bilayer-mobile info

@@ -256,7 +256,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def cmd_export(args) -> int:
     from export.bundle import ExportConfig, export_bundle
-    from runtime_bench.validate import results_table, validate_bundle
+    from runtime_bench.validate import results_table
 
     config = ExportConfig(out=args.out, targets=_csv(args.targets), precisions=_csv(args.precisions),
                           data_root=args.data_root)  # checks targets and precisions before any work
@@ -265,9 +265,10 @@ def cmd_export(args) -> int:
     source = _model_source(args)
     model = source.load()
     log = lambda message: print(message, file=sys.stderr, flush=True)
-    manifest = export_bundle(model, config, source.describe(), progress=log)
-    print(f"wrote {args.out}: {len(manifest['artifacts'])} artifacts, all within their parity thresholds")
-    print((args.out / "reports" / "parity.md").read_text().split("\n\n")[2])
+    bundle = export_bundle(model, config, source.describe(), progress=log)
+    print(results_table(bundle.results))
+    print(f"wrote {args.out}: {len(bundle.results)} artifacts, all within their parity thresholds "
+          f"(report: {args.out / 'reports' / 'parity.md'})")
     return 0
 
 

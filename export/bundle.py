@@ -153,8 +153,14 @@ def _io_details(details) -> list[dict]:
     return out
 
 
-def export_bundle(model: BilayerModel, config: ExportConfig, model_description: str, progress=print) -> dict:
-    """Export, validate and atomically publish a bundle; returns the manifest.
+@dataclass
+class ExportedBundle:
+    manifest: dict
+    results: list  # runtime_bench.validate.ArtifactResult, one per artifact
+
+
+def export_bundle(model: BilayerModel, config: ExportConfig, model_description: str, progress=print) -> ExportedBundle:
+    """Export, validate and atomically publish a bundle; returns its manifest and parity results.
 
     Raises `ValidationFailed` (and publishes nothing) when an artifact misses its threshold.
     """
@@ -270,7 +276,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)
         tmp.rename(out)
-        return manifest
+        return ExportedBundle(manifest, results)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
