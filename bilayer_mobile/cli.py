@@ -273,7 +273,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from runtime_bench.compare import THRESHOLDS_DB
+    from runtime_bench.compare import MAX_UV_ERROR_PX, THRESHOLDS_DB
     from runtime_bench.validate import results_table, validate_bundle, write_reports
 
     log = lambda message: print(message, file=sys.stderr, flush=True)
@@ -281,7 +281,8 @@ def cmd_validate(args) -> int:
     if args.write_reports:
         write_reports(args.bundle, results, worst)
     print("thresholds (gated output PSNR vs the PyTorch reference): "
-          + ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items()))
+          + ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items())
+          + "; frame-graph UV error: " + ", ".join(f"{k} <= {v} px" for k, v in MAX_UV_ERROR_PX.items()))
     print(results_table(results))
     failed = [r.name for r in results if not r.passed]
     if failed:

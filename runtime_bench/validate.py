@@ -5,7 +5,8 @@ truncated model fails before anything runs); then each artifact runs on its gold
 faces) in its runtime (onnxruntime, the LiteRT interpreter) and every output is compared with
 the PyTorch reference's output stored beside the inputs. An artifact passes when the PSNR of
 its gated outputs (image for frame graphs, texture for identity graphs), worst sample, reaches
-the threshold of its precision (`runtime_bench.compare.THRESHOLDS_DB`).
+the threshold of its precision (`runtime_bench.compare.THRESHOLDS_DB`) and, for frame graphs,
+its mean UV error stays within `MAX_UV_ERROR_PX`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from reference.errors import BilayerError
 
-from .compare import GATED_OUTPUTS, THRESHOLDS_DB, OutputComparison, compare_output
+from .compare import GATED_OUTPUTS, MAX_UV_ERROR_PX, THRESHOLDS_DB, OutputComparison, compare_output
 
 
 class BundleError(BilayerError):
@@ -117,7 +118,8 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int) -> tuple[Artifac
     threshold = THRESHOLDS_DB[artifact["precision"]]
     res = ArtifactResult(artifact["name"], artifact["target"], artifact["precision"], artifact["graph"],
                          threshold, False, worst)
-    res.passed = bool(res.gated_psnr_db >= threshold)
+    uv_ok = "uv" not in worst or worst["uv"].uv_error_px <= MAX_UV_ERROR_PX[artifact["precision"]]
+    res.passed = bool(res.gated_psnr_db >= threshold and uv_ok)
     return res, worst_arrays
 
 
@@ -143,8 +145,8 @@ def validate_bundle(bundle: Path | str, progress=None) -> tuple[list[ArtifactRes
 
 def results_table(results: list[ArtifactResult]) -> str:
     """A Markdown table of every artifact: gated PSNR vs threshold and the other outputs."""
-    lines = ["| artifact | target | precision | graph | gated PSNR (dB) | threshold (dB) | result | other outputs |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| artifact | target | precision | graph | gated PSNR (dB) | threshold (dB) | UV error (px) | result | other outputs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         others = []
         for name, c in r.outputs.items():
@@ -155,8 +157,10 @@ def results_table(results: list[ArtifactResult]) -> str:
                 text += f" ({c.uv_error_px:.3f} px)"
             others.append(text)
         verdict = "skipped: " + r.skipped if r.skipped else ("PASS" if r.passed else "**FAIL**")
+        uv = r.outputs.get("uv")
+        uv_text = f"{uv.uv_error_px:.3f} (max {MAX_UV_ERROR_PX[r.precision]})" if uv is not None else "-"
         lines.append(f"| {r.name} | {r.target} | {r.precision} | {r.graph} | {r.gated_psnr_db:.1f} | "
-                     f"{r.threshold_db:.0f} | {verdict} | {', '.join(others)} |")
+                     f"{r.threshold_db:.0f} | {uv_text} | {verdict} | {', '.join(others)} |")
     return "\n".join(lines)
 
 
@@ -166,6 +170,7 @@ def write_reports(bundle: Path, results: list[ArtifactResult], worst_case: dict)
     reports.mkdir(exist_ok=True)
     (reports / "parity.json").write_text(json.dumps({
         "thresholds_db": THRESHOLDS_DB,
+        "max_uv_error_px": MAX_UV_ERROR_PX,
         "gated_outputs": GATED_OUTPUTS,
         "artifacts": [r.as_dict() for r in results],
     }, indent=2))
