@@ -246,6 +246,21 @@ class IdentityEmbedder(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Projectors: identity embeddings -> adaptive parameters
 # --------------------------------------------------------------------------------------------
+def _resize_embedding(x: Tensor, size: int) -> Tensor:
+    """`adaptive_avg_pool2d(x, size)` as the official projector applies it, in exporter-friendly ops.
+
+    Pooling an 8x8 embedding *up* to 16x16 or 32x32 replicates pixels exactly, so it is written
+    as a repeat (exporters and mobile converters reject upsampling adaptive pools); an integer
+    downscale is a plain average pool.
+    """
+    h = x.shape[-1]
+    if size % h == 0:
+        return x.repeat_interleave(size // h, dim=2).repeat_interleave(size // h, dim=3)
+    if h % size == 0:
+        return F.avg_pool2d(x, h // size)
+    return F.adaptive_avg_pool2d(x, (size, size))
+
+
 def _three_linears(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
     # The official projector is a low-rank factorisation: no nonlinearity between the layers.
     return nn.Sequential(
@@ -296,7 +311,7 @@ class Projector(nn.Module):
         for embedding, fcs, mult, size in zip(embeddings, self.fc_blocks, self.channel_mults, self.pool_sizes):
             b, c = embedding.shape[:2]
             rows = int(c * mult)
-            pooled = F.adaptive_avg_pool2d(embedding, (size, size)).reshape(b * rows, -1)
+            pooled = _resize_embedding(embedding, size).reshape(b * rows, -1)
             for fc in fcs:
                 out = fc(pooled).reshape(b, rows, -1)
                 entries.append((out[:, :, :-1], out[:, :, -1]))

@@ -114,3 +114,12 @@ def test_frames_must_split_over_identities(tiny_model, inputs):
     state = tiny_model.init_identity(torch.cat([image, image]), torch.cat([kp, kp]))
     with pytest.raises(InputError, match="3 keypoint rows cannot be split evenly over 2 identities"):
         tiny_model.render(state, torch.cat([targets, targets[:1]]))
+
+
+@pytest.mark.parametrize("size", [32, 16, 8, 4, 6])
+def test_projector_resize_equals_the_official_adaptive_pool(size):
+    """The exporter-friendly resize (repeat / avg pool) is bit-identical to adaptive_avg_pool2d."""
+    from reference.networks import _resize_embedding
+
+    x = torch.randn(2, 5, 8, 8)
+    assert torch.equal(_resize_embedding(x, size), torch.nn.functional.adaptive_avg_pool2d(x, (size, size)))
