@@ -7,10 +7,10 @@ Pipeline (one function, `export_onnx`):
 
 1. **Torch export with the dynamo exporter** (`torch.onnx.export(..., dynamo=True)`, opset 18,
    static shapes). Why not the legacy TorchScript exporter: it matches the dynamo exporter on
-   the frame graphs (both ~100 dB vs PyTorch on golden_tiny in onnxruntime), but it *cannot
-   export the identity graph*: the texture projector pools an 8x8 embedding *up* to 32x32 with
-   `adaptive_avg_pool2d`, which the legacy symbolic rejects ("output size that are not factor
-   of input size"). The dynamo exporter decomposes it exactly (gathers + means), maps
+   the frame graphs (both ~100 dB vs PyTorch on golden_tiny in onnxruntime), but it could not
+   export the identity graph while the texture projector pooled an 8x8 embedding *up* to 32x32
+   with `adaptive_avg_pool2d` ("output size that are not factor of input size"; the reference
+   now writes that resize as an exact repeat). The dynamo exporter handles every graph, maps
    `grid_sample` to `GridSample` (bilinear, zeros, align_corners=0) and the enhancer's
    `scatter_add` to `ScatterElements(reduction="add")` (needs opset >= 16). One exporter for
    every graph keeps the three artifacts consistent.
@@ -59,6 +59,7 @@ INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
 INT8_EXCLUDE_UV_HEAD = True
 # Why the other op types stay float in the mixed recipe (reported in `notes`).
 FLOAT_OP_REASONS = {
+    "Conv": "the UV head, whose output becomes the GridSample grid (the warp), is kept float",
     "GridSample": "samples the texture at the UV grid; its grid input must keep sub-pixel precision",
     "Add": "residual sums and identity_grid + delta_uv (the warp coordinates): int8 over [-1, 1] is ~1 px",
     "Tanh": "UV/low-frequency heads: the UV head's output is the warp displacement",
