@@ -284,6 +284,11 @@ def cmd_validate(args) -> int:
           + ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items())
           + "; frame-graph UV error: " + ", ".join(f"{k} <= {v} px" for k, v in MAX_UV_ERROR_PX.items()))
     print(results_table(results))
+    for r in results:
+        if r.localization:
+            from runtime_bench.validate import localization_line
+
+            print(f"{r.name}: {localization_line(r.localization)}")
     failed = [r.name for r in results if not r.passed]
     if failed:
         print(f"FAIL: {len(failed)} artifact(s) below threshold: {', '.join(failed)}", file=sys.stderr)

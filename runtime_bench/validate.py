@@ -85,11 +85,14 @@ class ArtifactResult:
     passed: bool
     outputs: dict[str, OutputComparison] = field(default_factory=dict)  # worst sample per output
     skipped: str | None = None
+    # failed int8 / int8_dynamic artifacts: per-tensor localisation against the fp32 artifact
+    # (runtime_bench.localize.Localization.as_dict, or {"error": ...} when it could not run)
+    localization: dict | None = None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "target": self.target, "precision": self.precision, "graph": self.graph,
                 "threshold_db": self.threshold_db, "passed": self.passed, "skipped": self.skipped,
-                "outputs": {k: v.as_dict() for k, v in self.outputs.items()}}
+                "outputs": {k: v.as_dict() for k, v in self.outputs.items()}, "localization": self.localization}
 
     @property
     def gated_psnr_db(self) -> float:
@@ -114,13 +117,36 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int) -> tuple[Artifac
             if name not in worst or comparison.psnr_db < worst[name].psnr_db:
                 worst[name] = comparison
                 if name in GATED_OUTPUTS[artifact["graph"]]:
-                    worst_arrays = {"reference": data[name][k], "artifact": result[name], "output": name}
+                    worst_arrays = {"reference": data[name][k], "artifact": result[name], "output": name, "sample": k}
     threshold = THRESHOLDS_DB[artifact["precision"]]
     res = ArtifactResult(artifact["name"], artifact["target"], artifact["precision"], artifact["graph"],
                          threshold, False, worst)
     uv_ok = "uv" not in worst or worst["uv"].uv_error_px <= MAX_UV_ERROR_PX[artifact["precision"]]
     res.passed = bool(res.gated_psnr_db >= threshold and uv_ok)
     return res, worst_arrays
+
+
+LOCALIZED_PRECISIONS = ("int8", "int8_dynamic")
+LOCALIZATION_DRIFTS_KEPT = 20  # worst tensors kept in parity.json beside the first jump
+
+
+def localize_failure(bundle: Path, manifest: dict, artifact: dict, sample: int) -> dict | None:
+    """Per-tensor localisation of a failed quantized artifact against the fp32 artifact of the same
+    graph and target, on golden sample `sample` (None when the bundle has no such fp32 artifact)."""
+    reference = next((a for a in manifest["artifacts"] if a["graph"] == artifact["graph"]
+                      and a["target"] == artifact["target"] and a["precision"] == "fp32"), None)
+    if reference is None:
+        return None
+    from .localize import localize_divergence
+
+    try:
+        with np.load(Path(bundle) / artifact["golden"]) as golden:
+            feed = {i["name"]: golden[i["name"]][sample] for i in artifact["inputs"]}
+        loc = localize_divergence(artifact["target"], Path(bundle) / reference["file"], Path(bundle) / artifact["file"],
+                                  feed, floor_db=THRESHOLDS_DB[artifact["precision"]])
+    except Exception as exc:  # the gate's verdict stands; say why there is no localisation
+        return {"error": f"{type(exc).__name__}: {exc}", "against": reference["name"], "sample": sample}
+    return {**loc.as_dict(max_drifts=LOCALIZATION_DRIFTS_KEPT), "against": reference["name"], "sample": sample}
 
 
 def validate_bundle(bundle: Path | str, progress=None) -> tuple[list[ArtifactResult], dict]:
@@ -136,6 +162,8 @@ def validate_bundle(bundle: Path | str, progress=None) -> tuple[list[ArtifactRes
         if progress:
             progress(f"[{i}/{len(manifest['artifacts'])}] {artifact['name']}")
         result, arrays = run_artifact(bundle, artifact, image_size)
+        if not result.passed and artifact["precision"] in LOCALIZED_PRECISIONS and "sample" in arrays:
+            result.localization = localize_failure(bundle, manifest, artifact, arrays["sample"])
         results.append(result)
         margin = result.gated_psnr_db - result.threshold_db
         if arrays and margin < worst_margin:
@@ -178,11 +206,31 @@ def write_reports(bundle: Path, results: list[ArtifactResult], worst_case: dict)
           "Each artifact ran in its real runtime on the bundle's golden inputs (real faces). PSNR uses the "
           "reference's range as peak; the worst sample is reported. Thresholds per precision: "
           + ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items()) + ".", "", results_table(results), ""]
+    failed = [r for r in results if r.localization]
+    if failed:
+        md += ["## Where the failed quantized artifacts diverge", "",
+               "Per-tensor comparison with the fp32 artifact of the same graph and target on the worst golden sample "
+               "(`runtime_bench/localize.py`: first op whose output falls more than 10 dB below its inputs and under "
+               "the gate).", ""]
+        for r in failed:
+            md.append(f"- {r.name}: {localization_line(r.localization)}")
+        md.append("")
     if worst_case:
         plot_worst_case(worst_case, reports / "worst_artifact.png")
         md += [f"## Worst artifact: {worst_case['artifact_name']} ({worst_case['output']})", "",
                "![reference vs artifact vs error](worst_artifact.png)", ""]
     (reports / "parity.md").write_text("\n".join(md))
+
+
+def localization_line(loc: dict) -> str:
+    if "error" in loc:
+        return f"localisation failed ({loc['error']})"
+    jump = loc.get("first_jump")
+    if not jump:
+        return f"no single-op jump found ({loc.get('note', '')})"
+    psnr = jump["psnr_db"]
+    psnr = f"{psnr:.1f}" if isinstance(psnr, (int, float)) else psnr
+    return f"first divergence: {jump['name']} ({jump['op_type']}) at position {jump['position']}, PSNR {psnr} dB"
 
 
 def plot_worst_case(case: dict, path: Path) -> None:

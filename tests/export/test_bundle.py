@@ -23,7 +23,9 @@ def small_model(tmp_path_factory):
     from reference import BilayerConfig
     from reference.default_model import DefaultModelRecipe, build_default_model
 
-    recipe = DefaultModelRecipe(stats_identities=4, uv_identities=4)
+    recipe = DefaultModelRecipe(stats_identities=4, uv_identities=4, with_enhancer=False)
+    # without the enhancer: converting its unrolled steps is slow, and tests/export/test_onnx.py
+    # and test_tflite.py cover the identity graph with the enhancer
     return build_default_model(BilayerConfig(**TINY_CONFIG), recipe)
 
 

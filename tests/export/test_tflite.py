@@ -196,10 +196,13 @@ def test_identity_graph(small_model, photos, tmp_path, enhancer):
     graph = IdentityGraph(model).eval()
     feeds = []
     for crop in augmented_crops(photos, 2, seed=41, image_size=64):
-        feeds.append({"image": crop.image[None].numpy(), "stickman": draw_stickmen(crop.keypoints[None], 64).numpy(),
-                      "keypoints": crop.keypoints[None].numpy(), "mask": np.ones((1, 1, 64, 64), np.float32)})
+        feeds.append({"source_image": crop.image[None].numpy(),
+                      "source_stickman": draw_stickmen(crop.keypoints[None], 64).numpy(),
+                      "source_keypoints": crop.keypoints[None].numpy(),
+                      "source_mask": np.ones((1, 1, 64, 64), np.float32)})
     result = export_tflite(graph, as_torch(feeds[0]), IDENTITY_OUTPUTS, tmp_path / "identity.tflite", "fp32")
-    assert sorted(LiteRtRunner(result.path).input_names) == ["image", "keypoints", "mask", "stickman"]
+    assert sorted(LiteRtRunner(result.path).input_names) == ["source_image", "source_keypoints", "source_mask",
+                                                             "source_stickman"]
     m = compare_with_torch(graph, result.path, feeds, IDENTITY_OUTPUTS)
     assert m["texture"]["psnr_db"] >= 60 and m["texture"]["max_abs"] < 1e-3, m
     assert m["adaptive_params"]["psnr_db"] >= 60, m
