@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runner import Runner
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -44,7 +46,7 @@ def _tensor_info(name: str, detail: dict) -> TensorInfo:
                       scale=scale, zero_point=zero_point, scales=scales, zero_points=zero_points)
 
 
-class LiteRtRunner:
+class LiteRtRunner(Runner):
     """A .tflite model loaded in the LiteRT interpreter, run through one signature.
 
     runner = LiteRtRunner("frame.tflite")
@@ -81,22 +83,6 @@ class LiteRtRunner:
         self._outputs = [_tensor_info(n, d) for n, d in self._runner.get_output_details().items()]
 
     # ------------------------------------------------------------------ description
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self._inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self._outputs]
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return list(self._outputs)
-
     def __repr__(self) -> str:
         fmt = lambda ts: ", ".join(f"{t.name}{list(t.shape)}:{t.dtype}" for t in ts)
         return f"LiteRtRunner({self.path.name}: ({fmt(self._inputs)}) -> ({fmt(self._outputs)}))"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runner import Runner
+
 _ORT_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -25,7 +27,7 @@ class TensorInfo:
     dtype: np.dtype
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     """One onnxruntime session on the CPU provider.
 
     `run(feed)` takes a dict input name -> array (every input, cast to the declared dtype) and
@@ -49,22 +51,6 @@ class OnnxRuntimeRunner:
     @staticmethod
     def _info(arg) -> TensorInfo:
         return TensorInfo(arg.name, tuple(arg.shape), np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
-
-    @property
-    def input_names(self) -> list[str]:
-        return [i.name for i in self._inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o.name for o in self._outputs]
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        return list(self._inputs)
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        return list(self._outputs)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feed]
