@@ -29,13 +29,13 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 # The main job on the built-in default model: export identity, frame and baked frame graphs to
-# ONNX and TFLite at fp32, fp16 and calibrated int8, validate every artifact in its runtime
+# ONNX and TFLite at fp32, fp16, dynamic-range int8 and calibrated int8, validate every artifact in its runtime
 # (the bundle is only published when all pass) and print the parity table; then render the
 # reference on the photos in data/photos (frames, strip, GIF) for a look.
 bundle: $(STAMP)
 	$(BIN)/bilayer-mobile info
 	rm -rf $(OUT)/bundle
-	$(BIN)/bilayer-mobile export --targets onnx,tflite --precisions fp32,fp16,int8 --out $(OUT)/bundle
+	$(BIN)/bilayer-mobile export --targets onnx,tflite --precisions fp32,fp16,int8_dynamic,int8 --out $(OUT)/bundle
 	$(BIN)/bilayer-mobile render --source data/photos/source.jpg \
 		--driver data/photos/target.jpg data/photos/source.jpg \
 		--sequence-frames 24 --out $(OUT)/render --force
