@@ -32,7 +32,7 @@ from reference.errors import BilayerError
 from reference.model import BilayerModel
 from reference.preprocessing import STICKMAN_PARTS
 
-from .calibration import FaceClip, frame_feeds, identity_feeds, photo_clips
+from .calibration import frame_feeds, identity_feeds, photo_clips
 from .graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
 
 TARGETS = ("onnx", "tflite")
@@ -195,17 +195,18 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
             "frame": FrameGraph(model, layout, debug_outputs=True),
             "baked_frame": BakedFrameGraph(model, state, debug_outputs=True),
         }
-        baked_clip = FaceClip(first.image, first.keypoints, first.drivers)
         feeds = {
             "identity": identity_feeds(golden_clips, size),
             "frame": frame_feeds(model, golden_clips),
-            "baked_frame": [{"keypoints": kp[None].numpy()} for kp in baked_clip.drivers],
+            "baked_frame": [{"keypoints": kp[None].numpy()} for kp in first.drivers],  # the baked identity
         }
-        calibration = {
-            "frame": frame_feeds(model, calib_clips),
-            "baked_frame": [{"keypoints": kp[None].numpy()} for c in calib_clips for kp in c.drivers],
-            "identity": identity_feeds(calib_clips, size),
-        }
+        # only int8 needs calibration, and the identity graph is not exported in int8
+        calibration = {}
+        if "int8" in config.precisions:
+            calibration = {
+                "frame": frame_feeds(model, calib_clips),
+                "baked_frame": [{"keypoints": kp[None].numpy()} for c in calib_clips for kp in c.drivers],
+            }
         (tmp / "golden").mkdir()
         golden_meta = {}
         for name, graph in graphs.items():
@@ -226,7 +227,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
             example = {k: torch.from_numpy(v) for k, v in feeds[graph_name][0].items()}
             started = time.perf_counter()
             result = _exporter(target)(graphs[graph_name], example, list(GRAPH_OUTPUTS[graph_name]), tmp / file,
-                                       precision, calibration=calibration[graph_name] if precision == "int8" else None)
+                                       precision, calibration=calibration.get(graph_name) if precision == "int8" else None)
             seconds = time.perf_counter() - started
             runner = make_runner(target, tmp / file)
             artifacts.append({
