@@ -141,7 +141,3 @@ def load_official_checkpoint(
     model.load_official_state_dicts(state_dicts)
     return model.eval()
 
-
-def describe_state_dicts(model: BilayerModel) -> dict[str, int]:
-    """Parameter count per network (plain form, as the official numbers are quoted)."""
-    return {name: sum(p.numel() for p in net.parameters()) for name, net in model.networks().items()}

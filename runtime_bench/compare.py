@@ -46,7 +46,9 @@ def cosine(reference: np.ndarray, test: np.ndarray) -> float:
     a = np.asarray(reference, dtype=np.float64).ravel()
     b = np.asarray(test, dtype=np.float64).ravel()
     denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return 1.0 if denom == 0 and np.array_equal(a, b) else float(a @ b / denom) if denom else 0.0
+    if denom == 0:  # a zero vector: similar only to itself
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(a @ b / denom)
 
 
 def uv_error_px(reference_uv: np.ndarray, test_uv: np.ndarray, image_size: int) -> float:

@@ -9,6 +9,7 @@ Calibration and evaluation always use different seeds.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,17 @@ IDENTITY_OUTPUTS = ["texture", "adaptive_params"]
 
 
 # ------------------------------------------------------------------------------------ data
+def export_and_measure(graph, evaluation, calibration, stem: Path, precisions):
+    """fp32 plus each quantized precision (quantized from the fp32 file), and their parity metrics."""
+    example = as_torch(evaluation[0])
+    results = {"fp32": export_tflite(graph, example, FRAME_OUTPUTS, Path(f"{stem}_fp32.tflite"), "fp32")}
+    for precision in precisions:
+        results[precision] = export_tflite(graph, example, FRAME_OUTPUTS, Path(f"{stem}_{precision}.tflite"), precision,
+                                           calibration=calibration, float_model=results["fp32"].path)
+    metrics = {p: compare_with_torch(graph, r.path, evaluation, FRAME_OUTPUTS, 256) for p, r in results.items()}
+    return results, metrics
+
+
 @pytest.fixture(scope="module")
 def photos(photos_dir):
     return load_face_photos(photos_dir)
@@ -83,13 +95,7 @@ def frame_exports(warp_model, frame_data, tmp_path_factory):
     calibration, evaluation, layout = frame_data
     graph = FrameGraph(warp_model, layout, debug_outputs=True).eval()
     out = tmp_path_factory.mktemp("tflite_frame")
-    example = as_torch(evaluation[0])
-    results = {"fp32": export_tflite(graph, example, FRAME_OUTPUTS, out / "frame_fp32.tflite", "fp32")}
-    for precision in PRECISIONS[1:] + ("int8_full",):
-        results[precision] = export_tflite(graph, example, FRAME_OUTPUTS, out / f"frame_{precision}.tflite", precision,
-                                           calibration=calibration, float_model=results["fp32"].path)
-    metrics = {p: compare_with_torch(graph, r.path, evaluation, FRAME_OUTPUTS, 256) for p, r in results.items()}
-    return results, metrics
+    return export_and_measure(graph, evaluation, calibration, out / "frame", PRECISIONS[1:] + ("int8_full",))
 
 
 # ------------------------------------------------------------------------------------ frame graph
@@ -155,13 +161,7 @@ def baked_exports(warp_model, photos, tmp_path_factory):
     evaluation = [{"keypoints": k[None].numpy()} for k in perturb_keypoints(crop.keypoints, 4, seed=32)]
     calibration = [{"keypoints": k[None].numpy()} for k in perturb_keypoints(crop.keypoints, 8, seed=33)]
     out = tmp_path_factory.mktemp("tflite_baked")
-    example = as_torch(evaluation[0])
-    results = {"fp32": export_tflite(graph, example, FRAME_OUTPUTS, out / "baked_fp32.tflite", "fp32")}
-    for precision in ("int8_dynamic", "int8"):
-        results[precision] = export_tflite(graph, example, FRAME_OUTPUTS, out / f"baked_{precision}.tflite", precision,
-                                           calibration=calibration, float_model=results["fp32"].path)
-    metrics = {p: compare_with_torch(graph, r.path, evaluation, FRAME_OUTPUTS, 256) for p, r in results.items()}
-    return results, metrics
+    return export_and_measure(graph, evaluation, calibration, out / "baked", ("int8_dynamic", "int8"))
 
 
 def test_baked_frame_graph(baked_exports):
