@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,15 +72,30 @@ def test_float64_matches_official_to_1e_10(model_f64, golden, max_abs, own_stick
         assert error < 1e-10, f"{name}: max abs error {error:.3e} vs official float64"
 
 
+# float32 tolerance, derived from the data rather than from one machine's result: the official
+# float32 run is itself off the exact (float64) answer by `max |f32 - f64|` per output, and float32
+# kernels of another ISA (AVX2, AVX-512, NEON) sum in other orders, so their round-off is of that
+# size too, not equal to it. Ours may be off the float64 answer, and off the official float32
+# output, by this factor times the official round-off. Faithfulness itself is proven in float64.
+FLOAT32_ROUNDOFF_FACTOR = 4.0
+
+
+def float32_tolerance(golden, key: str) -> float:
+    """FLOAT32_ROUNDOFF_FACTOR x the official float32 run's own error against its float64 run."""
+    roundoff = float(np.abs(golden[key].astype(np.float64) - golden["f64_" + key]).max())
+    assert roundoff > 0, f"{key}: the official float32 and float64 outputs are identical; no round-off to scale"
+    return FLOAT32_ROUNDOFF_FACTOR * roundoff
+
+
 @pytest.mark.parametrize("own_stickman", [False, True], ids=["official-stickman", "own-stickman"])
 def test_float32_matches_official_to_roundoff(tiny_model, golden, max_abs, own_stickman):
     outputs = run_reference(tiny_model, golden, torch.float32, own_stickman)
-    # the warp amplifies round-off of the UV field on high-frequency textures (FACTS.md)
-    limits = {"mask": 2e-5, "uv": 2e-5, "lowfreq": 2e-5, "texture": 2e-5, "enhanced_texture": 2e-4,
-              "image_base": 2e-3, "image_enhanced": 2e-3, "warped_enhanced": 2e-3, "warped_base": 2e-3}
     for name, key in OUTPUTS.items():
-        error = max_abs(outputs[name], golden[key])
-        assert error < limits[name], f"{name}: max abs error {error:.3e} > {limits[name]:.0e}"
+        limit = float32_tolerance(golden, key)
+        to_official = max_abs(outputs[name], golden[key])
+        to_exact = max_abs(outputs[name], golden["f64_" + key])
+        assert to_official < limit, f"{name}: max abs error {to_official:.3e} vs official float32 > {limit:.2e}"
+        assert to_exact < limit, f"{name}: max abs error {to_exact:.3e} vs official float64 > {limit:.2e}"
 
 
 def test_without_enhancer_gives_the_base_outputs(golden_run, golden, max_abs):
@@ -123,6 +139,6 @@ def test_source_pose_predictions_match(tiny_model, golden, max_abs):
     t = lambda key: torch.from_numpy(golden[key])
     state = tiny_model.init_identity(t("source_img"), t("source_kp"), mask=t("source_mask"))
     out = tiny_model.render(state, t("source_kp"))
-    assert max_abs(out.uv, golden["pred_source_uvs"]) < 2e-5
-    assert max_abs(out.lowfreq, golden["pred_source_delta_lf_rgbs"]) < 2e-5
-    assert max_abs(out.mask, golden["pred_source_segs"]) < 2e-5
+    for ours, key in ((out.uv, "pred_source_uvs"), (out.lowfreq, "pred_source_delta_lf_rgbs"),
+                      (out.mask, "pred_source_segs")):
+        assert max_abs(ours, golden[key]) < float32_tolerance(golden, key), key
