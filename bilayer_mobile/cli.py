@@ -256,44 +256,60 @@ def _csv(text: str) -> tuple[str, ...]:
 
 def cmd_export(args) -> int:
     from export.bundle import ExportConfig, export_bundle
+    from runtime_bench.machine import machine_line
     from runtime_bench.validate import results_table
 
     config = ExportConfig(out=args.out, targets=_csv(args.targets), precisions=_csv(args.precisions),
-                          data_root=args.data_root)  # checks targets and precisions before any work
+                          data_root=args.data_root, strict=args.strict)  # checks targets and precisions first
     if args.out.exists():
         raise OutputExistsError(f"output directory {args.out} already exists; choose another --out or remove it")
     source = _model_source(args)
     model = source.load()
     log = lambda message: print(message, file=sys.stderr, flush=True)
     bundle = export_bundle(model, config, source.describe(), progress=log)
-    print(results_table(bundle.results))
-    print(f"wrote {args.out}: {len(bundle.results)} artifacts, all within their parity thresholds "
-          f"(report: {args.out / 'reports' / 'parity.md'})")
+    print(results_table(bundle.results, set(bundle.rejected)))
+    print(f"measured on: {machine_line(bundle.report.machine)}")
+    published = len(bundle.manifest["artifacts"])
+    print(f"wrote {args.out}: {published} artifacts in models/ (report: {args.out / 'reports' / 'parity.md'})")
+    if bundle.rejected:
+        print(f"FAIL: {len(bundle.rejected)} artifact(s) below their gate, kept out of models/ "
+              f"(in {args.out / 'rejected'}): {', '.join(bundle.rejected)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_validate(args) -> int:
-    from runtime_bench.compare import MAX_UV_ERROR_PX, THRESHOLDS_DB
-    from runtime_bench.validate import results_table, validate_bundle, write_reports
+    from runtime_bench.machine import machine_line, same_kernels
+    from runtime_bench.validate import gate_description, localization_line, results_table, validate_bundle, write_reports
 
     log = lambda message: print(message, file=sys.stderr, flush=True)
-    results, worst = validate_bundle(args.bundle, progress=log)
+    report = validate_bundle(args.bundle, progress=log, include_rejected=args.include_rejected)
     if args.write_reports:
-        write_reports(args.bundle, results, worst)
-    print("thresholds (gated output PSNR vs the PyTorch reference): "
-          + ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items())
-          + "; frame-graph UV error: " + ", ".join(f"{k} <= {v} px" for k, v in MAX_UV_ERROR_PX.items()))
-    print(results_table(results))
-    for r in results:
+        write_reports(args.bundle, report)
+    print(gate_description())
+    print(results_table(report.results, {a["name"] for a in report.rejected}))
+    print(f"measured on: {machine_line(report.machine)}")
+    for r in report.results:
         if r.localization:
-            from runtime_bench.validate import localization_line
-
             print(f"{r.name}: {localization_line(r.localization)}")
-    failed = [r.name for r in results if not r.passed]
+    if report.recorded_machine is not None:
+        where = ("the same kernels as" if same_kernels(report.machine, report.recorded_machine)
+                 else "another machine than")
+        print(f"recorded at export on: {machine_line(report.recorded_machine)} ({where} this one)")
+        if report.drift:
+            print("figures that differ from the bundle's recorded ones:")
+            for line in report.drift:
+                print(f"  {line}")
+        else:
+            print("every figure is within the drift tolerance of the bundle's recorded one")
+    if report.rejected and not args.include_rejected:
+        print(f"rejected at export (not run; --include-rejected runs them): "
+              f"{', '.join(a['name'] for a in report.rejected)}")
+    failed = [r.name for r in report.failed]
     if failed:
         print(f"FAIL: {len(failed)} artifact(s) below threshold: {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"PASS: {len(results)} artifacts")
+    print(f"PASS: {len(report.results)} artifacts")
     return 0
 
 
@@ -350,11 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data-root", type=Path,
                         help="calibration/golden data in the official dataset layout (default: data/photos, augmented)")
     export.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist)")
+    export.add_argument("--strict", action="store_true",
+                        help="publish nothing when any artifact fails its parity gate (default: publish the "
+                             "passing ones, move the failing ones to rejected/, exit 1)")
     export.set_defaults(func=cmd_export)
 
     validate = sub.add_parser("validate", help="run every artifact of a bundle in its runtime and gate on parity")
     validate.add_argument("bundle", type=Path, help="bundle directory written by `export`")
     validate.add_argument("--write-reports", action="store_true", help="rewrite the bundle's reports/ with these results")
+    validate.add_argument("--include-rejected", action="store_true",
+                          help="also run the artifacts rejected at export (in rejected/)")
     validate.set_defaults(func=cmd_validate)
     return parser
 
@@ -365,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BilayerError as exc:
         print(f"bilayer-mobile {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

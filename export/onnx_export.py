@@ -90,19 +90,41 @@ class OnnxExportError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # Public entry point
 # ------------------------------------------------------------------------------------------------
+def convert_float(module: torch.nn.Module, example_inputs: dict[str, torch.Tensor],
+                  output_names: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """Steps 1-3: the fp32 ModelProto of `module` (dynamo export, onnxslim, contiguous constants)
+    and notes on how it was made. Every precision of `export_onnx` starts from this model."""
+    if not example_inputs:
+        raise ValueError("example_inputs is empty")
+    t0 = time.perf_counter()
+    model = torch_to_onnx(module, example_inputs, output_names)
+    notes = [f"exported with the dynamo exporter, opset {OPSET}, static shapes "
+             f"({len(model.graph.node)} nodes) in {time.perf_counter() - t0:.1f} s"]
+    n_before = len(model.graph.node)
+    model = simplify(model)
+    notes.append(f"onnxslim: {n_before} -> {len(model.graph.node)} nodes")
+    return contiguous_constants(model), notes
+
+
 def export_onnx(
-    module: torch.nn.Module,
+    module: torch.nn.Module | None,
     example_inputs: dict[str, torch.Tensor],
     output_names: list[str],
     path: Path,
     precision: str,
     calibration: list[dict[str, np.ndarray]] | None = None,
+    *,
+    float_model: tuple[onnx.ModelProto, list[str]] | None = None,
 ) -> OnnxExportResult:
     """Export `module` (called with `example_inputs`' values in order) to `path` at `precision`.
 
     Input names are `example_inputs`' keys, output names `output_names` (the module must
     return that many tensors). `calibration` (feeds by input name) is required for `int8` and
     `int8_full`. Shapes are static (those of `example_inputs`).
+
+    float_model: what `convert_float` returned for this module and these inputs; the torch
+    export is then skipped and only the precision's conversion runs (so one graph is exported
+    once for all its precisions). The model is not modified.
     """
     path = Path(path)
     if precision not in PRECISIONS + TEST_ONLY_PRECISIONS:
@@ -111,15 +133,13 @@ def export_onnx(
         raise ValueError(f"precision {precision!r} needs calibration feeds (list of dicts input name -> array)")
     if not example_inputs:
         raise ValueError("example_inputs is empty")
-    notes: list[str] = []
-    t0 = time.perf_counter()
-    model = torch_to_onnx(module, example_inputs, output_names)
-    notes.append(f"exported with the dynamo exporter, opset {OPSET}, static shapes "
-                 f"({len(model.graph.node)} nodes) in {time.perf_counter() - t0:.1f} s")
-    n_before = len(model.graph.node)
-    model = simplify(model)
-    notes.append(f"onnxslim: {n_before} -> {len(model.graph.node)} nodes")
-    model = contiguous_constants(model)
+    if float_model is None:
+        model, notes = convert_float(module, example_inputs, output_names)
+    else:
+        model, notes = copy.deepcopy(float_model[0]), list(float_model[1]) + ["converted from the graph's fp32 export"]
+        got = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+        if got != (list(example_inputs), list(output_names)):
+            raise ValueError(f"float_model has inputs/outputs {got}, not {list(example_inputs)} -> {list(output_names)}")
 
     float_ops: dict[str, int] | None = None
     if precision == "fp16":

@@ -20,15 +20,38 @@ THRESHOLDS_DB = {
     "int8": 30.0,
 }
 GATED_OUTPUTS = {"frame": ("image",), "baked_frame": ("image",), "identity": ("texture",)}
-# Maximum mean UV error (output pixels) of frame graphs. The warp is where quantization fails
-# first: int8 sampling coordinates move texels by ~1 px (measured: full int8 0.87-0.96 px,
-# CONV/FC-only int8 0.28 px), and the image PSNR of such a failure can sit close to its gate.
-MAX_UV_ERROR_PX = {
-    "fp32": 0.01,
-    "fp16": 0.05,
-    "int8_dynamic": 0.5,
-    "int8": 0.5,
+# The UV gate of frame graphs: maximum mean UV error (output pixels), a floor plus a share of the
+# model's own warp. The warp is where quantization fails first: int8 sampling coordinates move
+# texels by ~1 px (measured: full int8 0.87-0.96 px, CONV/FC-only int8 0.28 px on a 3 px warp),
+# and the image PSNR of such a failure can sit close to its gate. But the same relative precision
+# of the displacement means more pixels on a model that moves texels further: a randomly
+# initialised official model moves them by ~60 px, and its fp16 artifacts are off by 0.12-0.18 px
+# while their images pass at 42-46 dB. So the allowance grows with the reference's mean
+# displacement (`warp_px`): fp16 keeps the displacement to 2^-8 of itself (8 units of fp16's
+# 2^-11 round-off), int8 to 2 quantization steps (2/127).
+@dataclass(frozen=True)
+class UvTolerance:
+    floor_px: float
+    share_of_warp: float
+
+    def limit_px(self, warp_px: float) -> float:
+        return self.floor_px + self.share_of_warp * max(0.0, warp_px)
+
+
+UV_TOLERANCE = {
+    "fp32": UvTolerance(0.01, 1e-4),
+    "fp16": UvTolerance(0.05, 2 ** -8),
+    "int8_dynamic": UvTolerance(0.5, 2 / 127),
+    "int8": UvTolerance(0.5, 2 / 127),
 }
+
+# `validate` on a machine other than the bundle's compares its figures with the recorded ones
+# and reports every gated PSNR that moved by more than FIGURE_DRIFT_DB or UV error that moved by
+# more than FIGURE_DRIFT_UV_PX. PSNR above FIGURE_PSNR_CEILING_DB is float round-off whose exact
+# value depends on summation order, so it is compared as "at least the ceiling".
+FIGURE_DRIFT_DB = 1.0
+FIGURE_DRIFT_UV_PX = 0.02
+FIGURE_PSNR_CEILING_DB = 80.0
 
 
 def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -55,6 +78,20 @@ def uv_error_px(reference_uv: np.ndarray, test_uv: np.ndarray, image_size: int) 
     """Mean distance, in output pixels, between two grid_sample grids (x, y in [-1, 1])."""
     diff = (np.asarray(reference_uv, np.float64) - np.asarray(test_uv, np.float64)) * (image_size / 2)
     return float(np.linalg.norm(diff, axis=-1).mean())
+
+
+def pixel_centre_grid(image_size: int) -> np.ndarray:
+    """The identity sampling grid [S, S, 2] (x, y) of `grid_sample(align_corners=False)`."""
+    centres = (np.arange(image_size, dtype=np.float64) + 0.5) / image_size * 2 - 1
+    v, u = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([u, v], -1)
+
+
+def warp_px(uv: np.ndarray, image_size: int) -> float:
+    """Mean displacement, in output pixels, of a sampling grid from the identity grid: how far
+    the model moves texels (about 3 px for a trained model)."""
+    delta = (np.asarray(uv, np.float64) - pixel_centre_grid(image_size)) * (image_size / 2)
+    return float(np.linalg.norm(delta, axis=-1).mean())
 
 
 @dataclass

@@ -6,7 +6,13 @@ faces) in its runtime (onnxruntime, the LiteRT interpreter) and every output is 
 the PyTorch reference's output stored beside the inputs. An artifact passes when the PSNR of
 its gated outputs (image for frame graphs, texture for identity graphs), worst sample, reaches
 the threshold of its precision (`runtime_bench.compare.THRESHOLDS_DB`) and, for frame graphs,
-its mean UV error stays within `MAX_UV_ERROR_PX`.
+its mean UV error stays within the precision's `UV_TOLERANCE` for the reference's own warp.
+
+Every figure is recorded with the machine that measured it (`runtime_bench.machine`): a bundle's
+manifest keeps the figures of its export, and `validate` elsewhere reports which of its own
+figures moved by more than `FIGURE_DRIFT_DB` / `FIGURE_DRIFT_UV_PX` from them. Artifacts that
+failed their gate at export are listed under `rejected` in the manifest (files in `rejected/`);
+they are integrity-checked but not gated again unless asked.
 """
 from __future__ import annotations
 
@@ -20,7 +26,9 @@ import numpy as np
 
 from reference.errors import BilayerError
 
-from .compare import GATED_OUTPUTS, MAX_UV_ERROR_PX, THRESHOLDS_DB, OutputComparison, compare_output
+from .compare import (FIGURE_DRIFT_DB, FIGURE_DRIFT_UV_PX, FIGURE_PSNR_CEILING_DB, GATED_OUTPUTS, THRESHOLDS_DB,
+                      UV_TOLERANCE, OutputComparison, compare_output, warp_px)
+from .machine import describe_machine, machine_line, same_kernels
 
 
 class BundleError(BilayerError):
@@ -46,8 +54,9 @@ def load_manifest(bundle: Path) -> dict:
 
 
 def check_integrity(bundle: Path, manifest: dict) -> None:
-    """Every artifact and golden file exists and has the sha256 the manifest records."""
-    for artifact in manifest["artifacts"]:
+    """Every artifact (published or rejected) and golden file exists and has the sha256 the
+    manifest records."""
+    for artifact in manifest["artifacts"] + manifest.get("rejected", []):
         for key in ("file", "golden"):
             rel = artifact[key]
             expected = artifact["sha256"] if key == "file" else manifest["golden"][rel]["sha256"]
@@ -85,6 +94,9 @@ class ArtifactResult:
     passed: bool
     outputs: dict[str, OutputComparison] = field(default_factory=dict)  # worst sample per output
     skipped: str | None = None
+    # frame graphs: the reference's mean warp (px) and the UV error allowed for it
+    warp_px: float | None = None
+    uv_limit_px: float | None = None
     # failed int8 / int8_dynamic artifacts: per-tensor localisation against the fp32 artifact
     # (runtime_bench.localize.Localization.as_dict, or {"error": ...} when it could not run)
     localization: dict | None = None
@@ -92,12 +104,26 @@ class ArtifactResult:
     def as_dict(self) -> dict:
         return {"name": self.name, "target": self.target, "precision": self.precision, "graph": self.graph,
                 "threshold_db": self.threshold_db, "passed": self.passed, "skipped": self.skipped,
+                "warp_px": self.warp_px, "uv_limit_px": self.uv_limit_px,
                 "outputs": {k: v.as_dict() for k, v in self.outputs.items()}, "localization": self.localization}
 
     @property
     def gated_psnr_db(self) -> float:
         gated = [self.outputs[n].psnr_db for n in GATED_OUTPUTS[self.graph] if n in self.outputs]
         return min(gated) if gated else math.nan
+
+    @property
+    def uv_error_px(self) -> float | None:
+        uv = self.outputs.get("uv")
+        return None if uv is None else uv.uv_error_px
+
+    def figures(self) -> dict:
+        """The numbers a later `validate` compares with: gated PSNR, UV error, every output's PSNR."""
+        psnr = lambda x: "inf" if math.isinf(x) else round(x, 2)
+        return {"passed": self.passed, "gated_psnr_db": psnr(self.gated_psnr_db),
+                "uv_error_px": None if self.uv_error_px is None else round(self.uv_error_px, 4),
+                "uv_limit_px": None if self.uv_limit_px is None else round(self.uv_limit_px, 4),
+                "outputs_psnr_db": {k: psnr(v.psnr_db) for k, v in self.outputs.items()}}
 
 
 def run_artifact(bundle: Path, artifact: dict, image_size: int) -> tuple[ArtifactResult, dict]:
@@ -118,11 +144,15 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int) -> tuple[Artifac
                 worst[name] = comparison
                 if name in GATED_OUTPUTS[artifact["graph"]]:
                     worst_arrays = {"reference": data[name][k], "artifact": result[name], "output": name, "sample": k}
-    threshold = THRESHOLDS_DB[artifact["precision"]]
-    res = ArtifactResult(artifact["name"], artifact["target"], artifact["precision"], artifact["graph"],
-                         threshold, False, worst)
-    uv_ok = "uv" not in worst or worst["uv"].uv_error_px <= MAX_UV_ERROR_PX[artifact["precision"]]
-    res.passed = bool(res.gated_psnr_db >= threshold and uv_ok)
+    precision = artifact["precision"]
+    res = ArtifactResult(artifact["name"], artifact["target"], precision, artifact["graph"],
+                         THRESHOLDS_DB[precision], False, worst)
+    uv_ok = True
+    if "uv" in worst:
+        res.warp_px = warp_px(data["uv"], image_size)
+        res.uv_limit_px = UV_TOLERANCE[precision].limit_px(res.warp_px)
+        uv_ok = worst["uv"].uv_error_px <= res.uv_limit_px
+    res.passed = bool(res.gated_psnr_db >= res.threshold_db and uv_ok)
     return res, worst_arrays
 
 
@@ -149,18 +179,38 @@ def localize_failure(bundle: Path, manifest: dict, artifact: dict, sample: int) 
     return {**loc.as_dict(max_drifts=LOCALIZATION_DRIFTS_KEPT), "against": reference["name"], "sample": sample}
 
 
-def validate_bundle(bundle: Path | str, progress=None) -> tuple[list[ArtifactResult], dict]:
-    """Check integrity, then run and compare every artifact. Returns results and the worst case's arrays."""
+@dataclass
+class ValidationReport:
+    """What `validate_bundle` found: one result per artifact run, the machine it ran on, the
+    bundle's recorded figures and machine (None for a bundle being exported), the figures that
+    moved from the recorded ones, and the artifacts rejected at export."""
+
+    results: list[ArtifactResult]
+    worst_case: dict
+    machine: dict
+    recorded_machine: dict | None = None
+    drift: list[str] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ArtifactResult]:
+        return [r for r in self.results if not r.passed]
+
+
+def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = False) -> ValidationReport:
+    """Check integrity, then run and compare every published artifact (and the rejected ones too
+    when `include_rejected`); compare the figures with those the bundle recorded."""
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise BundleError(f"bundle directory {bundle} does not exist")
     manifest = load_manifest(bundle)
     check_integrity(bundle, manifest)
     image_size = manifest["model"]["config"]["image_size"]
+    artifacts = manifest["artifacts"] + (manifest.get("rejected", []) if include_rejected else [])
     results, worst_case, worst_margin = [], {}, math.inf
-    for i, artifact in enumerate(manifest["artifacts"], 1):
+    for i, artifact in enumerate(artifacts, 1):
         if progress:
-            progress(f"[{i}/{len(manifest['artifacts'])}] {artifact['name']}")
+            progress(f"[{i}/{len(artifacts)}] validating {artifact['name']}")
         result, arrays = run_artifact(bundle, artifact, image_size)
         if not result.passed and artifact["precision"] in LOCALIZED_PRECISIONS and "sample" in arrays:
             result.localization = localize_failure(bundle, manifest, artifact, arrays["sample"])
@@ -168,11 +218,46 @@ def validate_bundle(bundle: Path | str, progress=None) -> tuple[list[ArtifactRes
         margin = result.gated_psnr_db - result.threshold_db
         if arrays and margin < worst_margin:
             worst_margin, worst_case = margin, {**arrays, "artifact_name": artifact["name"]}
-    return results, worst_case
+    recorded = manifest.get("validation")
+    report = ValidationReport(results, worst_case, describe_machine(),
+                              recorded_machine=recorded["machine"] if recorded else None,
+                              rejected=manifest.get("rejected", []))
+    if recorded:
+        report.drift = figure_drift(results, recorded["figures"])
+    return report
 
 
-def results_table(results: list[ArtifactResult]) -> str:
-    """A Markdown table of every artifact: gated PSNR vs threshold and the other outputs."""
+def figure_drift(results: list[ArtifactResult], recorded: dict[str, dict]) -> list[str]:
+    """One line per artifact whose gated PSNR, UV error or verdict moved from its recorded figures
+    by more than the drift tolerances (`runtime_bench.compare.FIGURE_DRIFT_*`)."""
+    capped = lambda x: min(float(x), FIGURE_PSNR_CEILING_DB)
+    lines = []
+    for r in results:
+        before = recorded.get(r.name)
+        if before is None:
+            lines.append(f"{r.name}: no recorded figures in the manifest")
+            continue
+        moved = []
+        old_db, new_db = capped(before["gated_psnr_db"]), capped(r.gated_psnr_db)
+        if abs(new_db - old_db) > FIGURE_DRIFT_DB:
+            moved.append(f"{GATED_OUTPUTS[r.graph][0]} {old_db:.1f} -> {new_db:.1f} dB")
+        if before.get("uv_error_px") is not None and r.uv_error_px is not None:
+            if abs(r.uv_error_px - before["uv_error_px"]) > FIGURE_DRIFT_UV_PX:
+                moved.append(f"UV {before['uv_error_px']:.3f} -> {r.uv_error_px:.3f} px")
+        if bool(before.get("passed")) != r.passed:
+            moved.append("verdict " + ("PASS -> FAIL" if before.get("passed") else "FAIL -> PASS"))
+        if moved:
+            lines.append(f"{r.name}: " + ", ".join(moved))
+    return lines
+
+
+def uv_limit_text(r: ArtifactResult) -> str:
+    return "-" if r.uv_error_px is None else f"{r.uv_error_px:.3f} (max {r.uv_limit_px:.3f})"
+
+
+def results_table(results: list[ArtifactResult], rejected: set[str] = frozenset()) -> str:
+    """A Markdown table of every artifact: gated PSNR vs threshold and the other outputs.
+    Artifacts named in `rejected` are marked as kept out of the bundle."""
     lines = ["| artifact | target | precision | graph | gated PSNR (dB) | threshold (dB) | UV error (px) | result | other outputs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -185,28 +270,51 @@ def results_table(results: list[ArtifactResult]) -> str:
                 text += f" ({c.uv_error_px:.3f} px)"
             others.append(text)
         verdict = "skipped: " + r.skipped if r.skipped else ("PASS" if r.passed else "**FAIL**")
-        uv = r.outputs.get("uv")
-        uv_text = f"{uv.uv_error_px:.3f} (max {MAX_UV_ERROR_PX[r.precision]})" if uv is not None else "-"
+        if r.name in rejected:
+            verdict += " (rejected/)"
         lines.append(f"| {r.name} | {r.target} | {r.precision} | {r.graph} | {r.gated_psnr_db:.1f} | "
-                     f"{r.threshold_db:.0f} | {uv_text} | {verdict} | {', '.join(others)} |")
+                     f"{r.threshold_db:.0f} | {uv_limit_text(r)} | {verdict} | {', '.join(others)} |")
     return "\n".join(lines)
 
 
-def write_reports(bundle: Path, results: list[ArtifactResult], worst_case: dict) -> None:
-    """reports/parity.json, reports/parity.md and a picture of the worst artifact."""
+def gate_description() -> str:
+    """The gates in one paragraph (printed by `validate`, written into parity.md)."""
+    psnr = ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items())
+    uv = ", ".join(f"{k} <= {t.floor_px} px + {t.share_of_warp:.4g} x warp" for k, t in UV_TOLERANCE.items())
+    return (f"gated output PSNR vs the PyTorch reference (worst sample): {psnr}; frame-graph mean UV error: {uv} "
+            "(warp = the reference's mean texel displacement on the golden set)")
+
+
+def write_reports(bundle: Path, report: ValidationReport) -> None:
+    """reports/parity.json, reports/parity.md, a plot of every artifact's margin over its gate
+    and a picture of the worst artifact."""
     reports = Path(bundle) / "reports"
     reports.mkdir(exist_ok=True)
+    rejected = {a["name"] for a in report.rejected}
     (reports / "parity.json").write_text(json.dumps({
+        "machine": report.machine,
         "thresholds_db": THRESHOLDS_DB,
-        "max_uv_error_px": MAX_UV_ERROR_PX,
+        "uv_tolerance": {k: {"floor_px": t.floor_px, "share_of_warp": t.share_of_warp} for k, t in UV_TOLERANCE.items()},
         "gated_outputs": GATED_OUTPUTS,
-        "artifacts": [r.as_dict() for r in results],
+        "artifacts": [r.as_dict() for r in report.results],
+        "rejected": sorted(rejected),
+        "drift_from_recorded": report.drift,
     }, indent=2))
     md = ["# Parity of every artifact against the PyTorch reference", "",
+          f"Measured on: {machine_line(report.machine)}.", "",
           "Each artifact ran in its real runtime on the bundle's golden inputs (real faces). PSNR uses the "
-          "reference's range as peak; the worst sample is reported. Thresholds per precision: "
-          + ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items()) + ".", "", results_table(results), ""]
-    failed = [r for r in results if r.localization]
+          "reference's range as peak; the worst sample is reported. Gates: " + gate_description() + ".", "",
+          results_table(report.results, rejected), ""]
+    if rejected:
+        md += ["## Rejected artifacts", "",
+               "These failed their gate at export and are kept out of `models/`: their files are in `rejected/` "
+               "for inspection, listed under `rejected` in manifest.json. Do not ship them.", ""]
+        md += [f"- {name}" for name in sorted(rejected)] + [""]
+    if report.drift:
+        md += ["## Figures that moved from the bundle's recorded ones", "",
+               f"Recorded on: {machine_line(report.recorded_machine or {})}.", ""]
+        md += [f"- {line}" for line in report.drift] + [""]
+    failed = [r for r in report.results if r.localization]
     if failed:
         md += ["## Where the failed quantized artifacts diverge", "",
                "Per-tensor comparison with the fp32 artifact of the same graph and target on the worst golden sample "
@@ -215,11 +323,33 @@ def write_reports(bundle: Path, results: list[ArtifactResult], worst_case: dict)
         for r in failed:
             md.append(f"- {r.name}: {localization_line(r.localization)}")
         md.append("")
-    if worst_case:
-        plot_worst_case(worst_case, reports / "worst_artifact.png")
-        md += [f"## Worst artifact: {worst_case['artifact_name']} ({worst_case['output']})", "",
+    if report.results:
+        plot_margins(report.results, reports / "margins.png")
+        md += ["## Margin over the gate", "", "![gated PSNR minus threshold per artifact](margins.png)", ""]
+    if report.worst_case:
+        plot_worst_case(report.worst_case, reports / "worst_artifact.png")
+        md += [f"## Worst artifact: {report.worst_case['artifact_name']} ({report.worst_case['output']})", "",
                "![reference vs artifact vs error](worst_artifact.png)", ""]
     (reports / "parity.md").write_text("\n".join(md))
+
+
+def plot_margins(results: list[ArtifactResult], path: Path) -> None:
+    """Horizontal bars: gated PSNR minus threshold (capped at 40 dB), green pass / red fail."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    margins = [min(r.gated_psnr_db - r.threshold_db, 40.0) for r in results]
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(results) + 1.2))
+    ax.barh(range(len(results)), margins, color=["tab:green" if r.passed else "tab:red" for r in results])
+    ax.set_yticks(range(len(results)), [r.name for r in results], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("gated PSNR minus the precision's threshold (dB, capped at 40)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def localization_line(loc: dict) -> str:

@@ -59,6 +59,39 @@ def test_manifest_describes_every_file_truthfully(bundle):
     assert len(layout) == 18 and layout[-1]["offset"] + sum(
         np.prod(layout[-1][k]) for k in ("weight_shape", "bias_shape")) == manifest["artifacts"][0]["outputs"][1]["shape"][1]
     assert (bundle / "reports" / "parity.md").is_file() and (bundle / "reports" / "worst_artifact.png").is_file()
+    assert (bundle / "reports" / "margins.png").is_file()
+    assert manifest["rejected"] == [] and not (bundle / "rejected").exists()
+
+
+def test_manifest_and_report_name_the_machine_of_every_figure(bundle):
+    from runtime_bench.machine import describe_machine
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    machine = manifest["validation"]["machine"]
+    assert machine["kernel_features"] == describe_machine()["kernel_features"]
+    assert machine["runtimes"]["onnxruntime"] and machine["runtimes"]["ai-edge-litert"]
+    figures = manifest["validation"]["figures"]
+    assert set(figures) == {a["name"] for a in manifest["artifacts"]}
+    assert all(f["passed"] for f in figures.values())
+    assert figures["frame_fp32_onnx"]["uv_limit_px"] > 0 and figures["identity_fp32_onnx"]["uv_error_px"] is None
+    report = json.loads((bundle / "reports" / "parity.json").read_text())
+    assert report["machine"]["cpu"] == machine["cpu"]
+    assert machine["cpu"] in (bundle / "reports" / "parity.md").read_text()
+
+
+def test_validate_reports_figures_that_moved_from_the_recorded_ones(bundle, tmp_path, capsys):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert main(["validate", str(copy)]) == 0
+    assert "every figure is within the drift tolerance" in capsys.readouterr().out
+    # as if the bundle had been exported on a machine where frame_fp16_tflite measured 45 dB
+    manifest["validation"]["figures"]["frame_fp16_tflite"]["gated_psnr_db"] = 45.0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["validate", str(copy)]) == 0  # drift is reported, the gate decides
+    out = capsys.readouterr().out
+    assert "figures that differ from the bundle's recorded ones" in out
+    assert "frame_fp16_tflite: image 45.0 ->" in out and "frame_fp32_onnx:" not in out
 
 
 def test_validate_passes_and_reports(bundle, capsys):
@@ -109,4 +142,64 @@ def test_failed_export_leaves_no_half_bundle(small_model, tmp_path, monkeypatch)
         export_bundle(small_model, ExportConfig(out=tmp_path / "b", precisions=("fp32",), golden_identities=1,
                                                 golden_frames=1, calibration_identities=1, calibration_frames=1),
                       "x", progress=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def full_int8_as_int8(monkeypatch):
+    """Make the bundle's ONNX `int8` artifacts the test-only full int8 (warp quantized), which
+    fails its gate: a deliberately failing artifact among passing ones."""
+    import export.bundle as bundle_module
+
+    real = bundle_module._exporter
+
+    def exporter(target):
+        export = real(target)
+        if target != "onnx":
+            return export
+        return lambda *args, **kwargs: export(*args[:4], "int8_full" if args[4] == "int8" else args[4],
+                                              *args[5:], **kwargs)
+
+    monkeypatch.setattr(bundle_module, "_exporter", exporter)
+
+
+@pytest.fixture
+def small_source(small_model, monkeypatch):
+    """`bilayer-mobile export` without a checkpoint exports the small model (not the paper-size one)."""
+    from bilayer_mobile import cli
+
+    monkeypatch.setattr(cli.ModelSource, "load", lambda self: small_model)
+
+
+def test_a_failing_artifact_is_rejected_and_the_rest_published(small_source, full_int8_as_int8, tmp_path, capsys):
+    out = tmp_path / "partial"
+    code = main(["export", "--targets", "onnx", "--precisions", "fp32,int8", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "FAIL: 2 artifact(s) below their gate" in captured.err and str(out / "rejected") in captured.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    published = {a["name"] for a in manifest["artifacts"]}
+    rejected = {a["name"] for a in manifest["rejected"]}
+    assert published == {"identity_fp32_onnx", "frame_fp32_onnx", "baked_frame_fp32_onnx"}
+    assert rejected == {"frame_int8_onnx", "baked_frame_int8_onnx"}
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["baked_frame_fp32.onnx", "frame_fp32.onnx",
+                                                                 "identity_fp32.onnx"]
+    assert sorted(p.name for p in (out / "rejected").iterdir()) == ["baked_frame_int8.onnx", "frame_int8.onnx"]
+    figures = manifest["validation"]["figures"]
+    assert not figures["frame_int8_onnx"]["passed"] and figures["frame_fp32_onnx"]["passed"]
+    parity = (out / "reports" / "parity.md").read_text()
+    assert "## Rejected artifacts" in parity and "frame_int8_onnx | onnx | int8 | frame" in parity
+    assert "**FAIL** (rejected/)" in parity
+    # the published bundle validates: its models pass; the rejected ones are named, and fail when run
+    assert main(["validate", str(out)]) == 0
+    assert "rejected at export (not run; --include-rejected runs them): " in capsys.readouterr().out
+    assert main(["validate", str(out), "--include-rejected"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["partial"]  # no temporary directory left
+
+
+def test_strict_export_publishes_nothing(small_source, full_int8_as_int8, tmp_path, capsys):
+    out = tmp_path / "strict"
+    code = main(["export", "--targets", "onnx", "--precisions", "fp32,int8", "--strict", "--out", str(out)])
+    assert code == 1
+    assert "bundle not written (--strict)" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

@@ -34,3 +34,26 @@ def test_cosine_and_uv_error():
 def test_thresholds_are_ordered_by_precision():
     assert THRESHOLDS_DB["fp32"] >= 60 and THRESHOLDS_DB["fp16"] >= 40 and THRESHOLDS_DB["int8"] >= 30
     assert THRESHOLDS_DB["fp32"] > THRESHOLDS_DB["fp16"] > THRESHOLDS_DB["int8"]
+
+
+def test_warp_px_measures_the_displacement_from_the_identity_grid():
+    from runtime_bench.compare import pixel_centre_grid, warp_px
+
+    grid = pixel_centre_grid(64)
+    assert warp_px(grid[None], 64) == pytest.approx(0.0, abs=1e-12)
+    shifted = grid.copy()
+    shifted[..., 0] += 2 * 3 / 64  # 3 px to the right
+    assert warp_px(shifted[None], 64) == pytest.approx(3.0)
+
+
+def test_uv_tolerance_grows_with_the_warp_and_keeps_its_floor():
+    from runtime_bench.compare import UV_TOLERANCE
+
+    for precision, tolerance in UV_TOLERANCE.items():
+        assert tolerance.limit_px(0.0) == tolerance.floor_px
+        assert tolerance.limit_px(60.0) > tolerance.limit_px(3.0) > tolerance.floor_px, precision
+    # a trained-like 3 px warp barely moves the gates; a random-init 60 px warp gives fp16 room for
+    # the 0.12-0.18 px its artifacts measure, while full int8 of the warp (0.87-0.96 px) stays caught
+    assert UV_TOLERANCE["fp16"].limit_px(3.0) < 0.065
+    assert 0.2 < UV_TOLERANCE["fp16"].limit_px(60.0) < 0.3
+    assert UV_TOLERANCE["int8"].limit_px(3.0) < 0.6
