@@ -29,16 +29,25 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 # The main job on the built-in default model: export identity, frame and baked frame graphs to
-# ONNX and TFLite at fp32, fp16, dynamic-range int8 and calibrated int8, validate every artifact in its runtime
-# (the bundle is only published when all pass) and print the parity table; then render the
-# reference on the photos in data/photos (frames, strip, GIF) for a look.
+# ONNX and TFLite at fp32, fp16, dynamic-range int8 and calibrated int8 (each graph converted once
+# per target), validate every artifact in its runtime, publish the bundle with every artifact that
+# passed (failures go to rejected/, and make exits 1 after the demo) and print the parity table;
+# then render the reference on the photos in data/photos (frames, strip, GIF) for a look.
 bundle: $(STAMP)
+	@echo "== 1/3 model summary (builds the default model once; cached in ~/.cache/bilayer-mobile)"
 	$(BIN)/bilayer-mobile info
 	rm -rf $(OUT)/bundle
-	$(BIN)/bilayer-mobile export --targets onnx,tflite --precisions fp32,fp16,int8_dynamic,int8 --out $(OUT)/bundle
+	@echo "== 2/3 export and validate (about 10 minutes on 2 cores)"
+	@status=0; $(BIN)/bilayer-mobile export --targets onnx,tflite --precisions fp32,fp16,int8_dynamic,int8 \
+		--out $(OUT)/bundle || status=$$?; \
+	if [ $$status -ge 2 ]; then exit $$status; fi; \
+	echo "== 3/3 render demo"; \
 	$(BIN)/bilayer-mobile render --source data/photos/source.jpg \
 		--driver data/photos/target.jpg data/photos/source.jpg \
-		--sequence-frames 24 --out $(OUT)/render --force
+		--sequence-frames 24 --out $(OUT)/render --force || exit $$?; \
+	echo "bundle: $(OUT)/bundle (report: $(OUT)/bundle/reports/parity.md; converter log: $(OUT)/bundle.export.log)"; \
+	echo "render demo: $(OUT)/render"; \
+	exit $$status
 
 # Re-run the parity gate on an existing bundle.
 validate: $(STAMP)

@@ -13,6 +13,7 @@ Every error the user can cause exits non-zero with one line that names the probl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -265,8 +266,11 @@ def cmd_export(args) -> int:
         raise OutputExistsError(f"output directory {args.out} already exists; choose another --out or remove it")
     source = _model_source(args)
     model = source.load()
-    log = lambda message: print(message, file=sys.stderr, flush=True)
-    bundle = export_bundle(model, config, source.describe(), progress=log)
+    log_path = args.log or args.out.parent / f"{args.out.name}.export.log"
+    with converter_chatter_to(log_path) as console:
+        log = lambda message: print(message, file=console, flush=True)
+        log(f"converter output goes to {log_path}")
+        bundle = export_bundle(model, config, source.describe(), progress=log)
     print(results_table(bundle.results, set(bundle.rejected)))
     print(f"measured on: {machine_line(bundle.report.machine)}")
     published = len(bundle.manifest["artifacts"])
@@ -276,6 +280,26 @@ def cmd_export(args) -> int:
               f"(in {args.out / 'rejected'}): {', '.join(bundle.rejected)}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def converter_chatter_to(log_path: Path):
+    """Send everything written to stderr (Python warnings, TensorFlow's and the converters' C++ logs,
+    which write to file descriptor 2 directly) to `log_path` for the duration; yields a stream to
+    the real stderr for the progress lines."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    console = os.fdopen(os.dup(saved), "w", buffering=1)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield console
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            console.close()
 
 
 def cmd_validate(args) -> int:
@@ -366,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data-root", type=Path,
                         help="calibration/golden data in the official dataset layout (default: data/photos, augmented)")
     export.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist)")
+    export.add_argument("--log", type=Path,
+                        help="file for the converters' own output (default: OUT.export.log beside the bundle)")
     export.add_argument("--strict", action="store_true",
                         help="publish nothing when any artifact fails its parity gate (default: publish the "
                              "passing ones, move the failing ones to rejected/, exit 1)")
