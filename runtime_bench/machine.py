@@ -15,30 +15,22 @@ import platform
 import sys
 from pathlib import Path
 
-# /proc/cpuinfo flag -> the name recorded, for the features that select different int8 / fp16
-# kernels in onnxruntime (MLAS), XNNPACK (LiteRT) or PyTorch.
-X86_KERNEL_FEATURES = {
-    "avx2": "avx2",
-    "fma": "fma",
-    "f16c": "f16c",
-    "avx512f": "avx512f",
-    "avx512bw": "avx512bw",
-    "avx512_vnni": "avx512_vnni",
-    "avx_vnni": "avx_vnni",
-    "avx512_bf16": "avx512_bf16",
-    "avx512_fp16": "avx512_fp16",
-    "amx_tile": "amx_tile",
-    "amx_int8": "amx_int8",
+# The features that select different int8 / fp16 kernels in onnxruntime (MLAS), XNNPACK (LiteRT)
+# or PyTorch, by the name recorded. They are read from CPUID as this process sees it (NumPy's
+# runtime dispatch table), which is what the runtimes see too, also under an emulator or a
+# hypervisor that masks features; /proc/cpuinfo (the kernel's view of the host) adds the ones
+# NumPy does not detect.
+CPUID_FEATURES = {  # NumPy's name -> recorded name
+    "AVX2": "avx2", "FMA3": "fma", "F16C": "f16c", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+    "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16", "AVX512FP16": "avx512_fp16",
+    "ASIMD": "neon", "ASIMDDP": "dotprod", "FPHP": "fp16", "ASIMDHP": "fp16_simd", "SVE": "sve",
 }
-ARM_KERNEL_FEATURES = {
-    "asimd": "neon",
-    "asimddp": "dotprod",
-    "i8mm": "i8mm",
-    "fphp": "fp16",
-    "asimdhp": "fp16_simd",
-    "sve": "sve",
-    "bf16": "bf16",
+CPUINFO_ONLY_FEATURES = {  # /proc/cpuinfo flag -> recorded name
+    "avx_vnni": "avx_vnni", "amx_tile": "amx_tile", "amx_int8": "amx_int8", "i8mm": "i8mm", "bf16": "bf16",
 }
+# /proc/cpuinfo flags of the CPUID features, to notice when the two views disagree
+CPUINFO_FLAG_OF = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
+                   "avx512_vnni": "avx512_vnni", "neon": "asimd", "dotprod": "asimddp"}
 RUNTIMES = ("onnxruntime", "ai-edge-litert", "torch", "numpy")
 
 
@@ -87,18 +79,43 @@ def runtime_versions() -> dict[str, str]:
     return versions
 
 
-def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+def cpuid_features() -> dict[str, bool]:
+    """NumPy's CPUID-based feature table of this process (empty if NumPy does not expose it)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # NumPy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return {}
+    return dict(__cpu_features__)
+
+
+def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo"), cpuid: dict[str, bool] | None = None) -> dict:
     """CPU model, architecture, cores, kernel-selecting ISA features and runtime versions.
 
-    The features are the subset of the CPU flags that change which int8 / fp16 kernels a runtime
-    picks (`X86_KERNEL_FEATURES`, `ARM_KERNEL_FEATURES`); `int8_dot_product` says in one phrase
-    what that means for int8 accumulation.
+    `kernel_features` are the CPU features that change which int8 / fp16 kernels a runtime picks,
+    as this process sees them (`CPUID_FEATURES`, plus `CPUINFO_ONLY_FEATURES` from /proc/cpuinfo
+    when that agrees with CPUID); `int8_dot_product` says in one phrase what they mean for int8
+    accumulation. `cpuid` overrides the detected table (tests).
     """
     arch = platform.machine().lower()
     model, flags = _cpuinfo(cpuinfo)
-    table = ARM_KERNEL_FEATURES if arch in ("aarch64", "arm64") else X86_KERNEL_FEATURES
-    features = sorted(name for flag, name in table.items() if flag in flags)
-    return {
+    cpuid = cpuid_features() if cpuid is None else cpuid
+    seen = {name for key, name in CPUID_FEATURES.items() if cpuid.get(key)}
+    note = None
+    if cpuid:
+        masked = sorted(n for n, flag in CPUINFO_FLAG_OF.items() if (flag in flags) != (n in seen) and flags)
+        if masked:
+            note = (f"CPUID and /proc/cpuinfo disagree on {', '.join(masked)} (an emulator or a hypervisor masks "
+                    "features): CPUID, what the runtimes see, is recorded")
+        else:
+            seen |= {name for flag, name in CPUINFO_ONLY_FEATURES.items() if flag in flags}
+    else:  # no CPUID table: the kernel's flags
+        seen = {name for key, name in CPUID_FEATURES.items() if CPUINFO_FLAG_OF.get(name, name) in flags}
+        seen |= {name for flag, name in CPUINFO_ONLY_FEATURES.items() if flag in flags}
+    features = sorted(seen)
+    machine = {
         "cpu": model or platform.processor() or "unknown",
         "arch": arch,
         "cores": os.cpu_count() or 0,
@@ -107,13 +124,17 @@ def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "runtimes": runtime_versions(),
     }
+    if note:
+        machine["note"] = note
+    return machine
 
 
 def machine_line(machine: dict) -> str:
     """One line naming a machine, for tables and messages."""
     features = ", ".join(machine.get("kernel_features", [])) or "no listed features"
+    masked = "; features masked or emulated: CPUID recorded" if machine.get("note") else ""
     return (f"{machine.get('cpu', 'unknown')} ({machine.get('arch', '?')}, {machine.get('cores', '?')} cores; "
-            f"{features}; int8: {machine.get('int8_dot_product', '?')})")
+            f"{features}; int8: {machine.get('int8_dot_product', '?')}{masked})")
 
 
 def same_kernels(a: dict, b: dict) -> bool:

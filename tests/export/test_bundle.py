@@ -205,3 +205,27 @@ def test_strict_export_publishes_nothing(small_source, full_int8_as_int8, tmp_pa
     assert code == 1
     assert "bundle not written (--strict)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["strict.export.log"]
+
+
+def test_large_warp_checkpoint_in_the_official_layout_exports_every_fp16_artifact(golden_run, tmp_path, capsys):
+    """golden_tiny is an official run (args.txt, spectral-norm checkpoints) with randomly
+    initialised weights: it moves texels by tens of pixels, not the ~3 px of a trained model. Its
+    fp16 frame artifacts keep the displacement to the same relative precision as any fp16 model,
+    which is more than the fixed 0.05 px floor in pixels; the warp-scaled UV gate passes them, and
+    the image gate still decides."""
+    from runtime_bench.compare import UV_TOLERANCE
+
+    out = tmp_path / "tiny"
+    code = main(["export", str(golden_run), "--no-enhancer", "--precisions", "fp32,fp16", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rejected"] == [] and len(manifest["artifacts"]) == 12
+    report = {a["name"]: a for a in json.loads((out / "reports" / "parity.json").read_text())["artifacts"]}
+    fp16_frames = [a for a in report.values() if a["graph"] != "identity" and a["precision"] == "fp16"]
+    assert len(fp16_frames) == 4
+    for a in fp16_frames:
+        assert a["warp_px"] > 20, a["warp_px"]
+        assert a["uv_limit_px"] == pytest.approx(UV_TOLERANCE["fp16"].limit_px(a["warp_px"]))
+        assert float(a["outputs"]["image"]["psnr_db"]) >= a["threshold_db"]
+    # at least one of them needs the warp-scaled allowance: the fixed floor alone would reject it
+    assert max(a["outputs"]["uv"]["uv_error_px"] for a in fp16_frames) > UV_TOLERANCE["fp16"].floor_px
