@@ -284,21 +284,25 @@ def cmd_export(args) -> int:
 
 @contextlib.contextmanager
 def converter_chatter_to(log_path: Path):
-    """Send everything written to stderr (Python warnings, TensorFlow's and the converters' C++ logs,
-    which write to file descriptor 2 directly) to `log_path` for the duration; yields a stream to
-    the real stderr for the progress lines."""
+    """Send everything written to stdout and stderr (Python warnings, litert-torch's step log,
+    TensorFlow's and the converters' C++ logs, which write to file descriptors 1 and 2 directly)
+    to `log_path` for the duration; yields a stream to the real stderr for the progress lines."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
-    console = os.fdopen(os.dup(saved), "w", buffering=1)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    console = os.fdopen(os.dup(saved[2]), "w", buffering=1)
     with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 2)
+        for fd in saved:
+            os.dup2(log.fileno(), fd)
         try:
             yield console
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
             console.close()
 
 

@@ -349,7 +349,7 @@ def export_tflite(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
         content = convert_float(module, example_inputs, output_names)
     else:
         content = Path(float_model).read_bytes() if isinstance(float_model, (str, Path)) else bytes(float_model)
-        notes.append("quantized from a given fp32 model (no new conversion)")
+        notes.append("derived from the graph's one fp32 conversion (no new litert-torch conversion)")
         if op_histogram(content, only="quantized"):
             raise ValueError("float_model is already quantized; pass the fp32 export")
     content, fixed = fix_scatter_regions(content)

@@ -35,20 +35,27 @@ RUNTIMES = ("onnxruntime", "ai-edge-litert", "torch", "numpy")
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    """CPU model name and flag set from /proc/cpuinfo (empty when it cannot be read)."""
+    """CPU model name (with its x86 family / model, or ARM part number, which name the core when
+    a hypervisor shortens the name) and flag set from /proc/cpuinfo (empty when unreadable)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return "", set()
-    model, flags = "", set()
+    fields: dict[str, str] = {}
+    flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
-        if key in ("model name", "cpu model", "hardware") and not model:
-            model = value.strip()
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
-    return model, flags
+        if key in ("flags", "features"):
+            flags = flags or set(value.split())
+        elif key and key not in fields:
+            fields[key] = value.strip()
+    model = fields.get("model name") or fields.get("cpu model") or fields.get("hardware", "")
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    elif "cpu part" in fields:
+        model += f" (implementer {fields.get('cpu implementer', '?')}, part {fields['cpu part']})"
+    return model.strip(), flags
 
 
 def int8_dot_product(arch: str, features: list[str]) -> str:
