@@ -282,27 +282,42 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _flush_all() -> None:
+    """Flush Python's streams and the C library's (converters written in C++ print through it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to flush
+        pass
+
+
 @contextlib.contextmanager
 def converter_chatter_to(log_path: Path):
     """Send everything written to stdout and stderr (Python warnings, litert-torch's step log,
     TensorFlow's and the converters' C++ logs, which write to file descriptors 1 and 2 directly)
-    to `log_path` for the duration; yields a stream to the real stderr for the progress lines."""
+    to `log_path` (rewritten) for the duration; yields a stream to the real stderr for the
+    progress lines."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    console = os.fdopen(os.dup(saved[2]), "w", buffering=1)
-    with open(log_path, "ab") as log:
-        for fd in saved:
-            os.dup2(log.fileno(), fd)
-        try:
+    _flush_all()
+    saved: dict[int, int] = {}
+    console = None
+    try:
+        with open(log_path, "wb") as log:
+            for fd in (1, 2):
+                saved[fd] = os.dup(fd)
+            console = os.fdopen(os.dup(saved[2]), "w", buffering=1)
+            for fd in saved:
+                os.dup2(log.fileno(), fd)
             yield console
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
+    finally:
+        _flush_all()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+        if console is not None:
             console.close()
 
 
@@ -311,12 +326,17 @@ def cmd_validate(args) -> int:
     from runtime_bench.validate import gate_description, localization_line, results_table, validate_bundle, write_reports
 
     log = lambda message: print(message, file=sys.stderr, flush=True)
-    report = validate_bundle(args.bundle, progress=log, include_rejected=args.include_rejected)
+    # a rewritten report covers every artifact the bundle holds, rejected ones included
+    include_rejected = args.include_rejected or args.write_reports
+    report = validate_bundle(args.bundle, progress=log, include_rejected=include_rejected)
     if args.write_reports:
         write_reports(args.bundle, report)
     print(gate_description())
     print(results_table(report.results, {a["name"] for a in report.rejected}))
     print(f"measured on: {machine_line(report.machine)}")
+    for entry in report.rejected:
+        if entry.get("error"):
+            print(f"{entry['name']}: rejected at export, could not be produced: {entry['error']}")
     for r in report.results:
         if r.localization:
             print(f"{r.name}: {localization_line(r.localization)}")
@@ -330,12 +350,16 @@ def cmd_validate(args) -> int:
                 print(f"  {line}")
         else:
             print("every figure is within the drift tolerance of the bundle's recorded one")
-    if report.rejected and not args.include_rejected:
+    if report.rejected and not include_rejected:
         print(f"rejected at export (not run; --include-rejected runs them): "
               f"{', '.join(a['name'] for a in report.rejected)}")
-    failed = [r.name for r in report.failed]
+    # the verdict is on the published artifacts; rejected ones count only when asked for
+    rejected = {a["name"] for a in report.rejected}
+    failed = [r.name for r in report.failed if args.include_rejected or r.name not in rejected]
+    if args.include_rejected:
+        failed += [a["name"] for a in report.rejected if a.get("error")]
     if failed:
-        print(f"FAIL: {len(failed)} artifact(s) below threshold: {', '.join(failed)}", file=sys.stderr)
+        print(f"FAIL: {len(failed)} artifact(s) below threshold or missing: {', '.join(failed)}", file=sys.stderr)
         return 1
     print(f"PASS: {len(report.results)} artifacts")
     return 0

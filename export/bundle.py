@@ -7,7 +7,8 @@ A bundle directory holds:
   models/              <graph>_<precision>.onnx / .tflite
   golden/<graph>.npz   real-face inputs and the PyTorch reference's outputs, keys = the artifacts'
                        input and output names, a leading sample axis
-  reports/             parity.json, parity.md and a picture of the worst artifact
+  reports/             parity.json, parity.md, margins.png (every artifact's margin over its gate)
+                       and worst_artifact.png
 
   rejected/            artifacts that failed their parity gate, kept for inspection, never in models/
 
@@ -165,11 +166,15 @@ def _exporter(target: str):
 
 # Relative cost of each step, for the estimate of the time left: seconds measured by `make bundle`
 # on 2 cores (AMD EPYC, AVX-512), mean of the two targets. The identity graph has 103 M
-# parameters and an unrolled enhancer, the frame graphs ~5 M.
+# parameters and an unrolled enhancer, the frame graphs ~5 M; calibrated int8 runs the graph on
+# the calibration set.
 STEP_COST = {
+    "prepare": 20.0,  # real-face data, graphs and golden reference outputs
     ("convert", "identity"): 32.0, ("convert", "frame"): 8.0, ("convert", "baked_frame"): 8.0,
-    ("derive", "identity"): 6.0, ("derive", "frame"): 1.0, ("derive", "baked_frame"): 1.0,
+    ("derive", "identity", "fp32"): 6.0, ("derive", "identity", "fp16"): 6.5,
     ("validate", "identity"): 6.5, ("validate", "frame"): 0.5, ("validate", "baked_frame"): 0.5,
+    **{("derive", g, p): c for g in ("frame", "baked_frame")
+       for p, c in (("fp32", 0.2), ("fp16", 0.5), ("int8_dynamic", 0.5), ("int8", 2.5))},
 }
 
 
@@ -233,6 +238,10 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
     if out.exists():
         raise ExportError(f"output directory {out} already exists; choose another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [(g, t, p) for g in ("identity", "frame", "baked_frame") for t in config.targets for p in config.precisions
+            if g != "identity" or p in IDENTITY_PRECISIONS]
+    eta = Eta(STEP_COST["prepare"] + sum(STEP_COST["derive", g, p] + STEP_COST["validate", g] for g, _, p in jobs)
+              + sum(STEP_COST["convert", g] for g, t in {(g, t) for g, t, _ in jobs}))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model = model.eval()
@@ -272,6 +281,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
             }
         (tmp / "golden").mkdir()
         golden_meta = {}
+        eta.advance(STEP_COST["prepare"])
         for name, graph in graphs.items():
             reference = _reference_outputs(graph, GRAPH_INPUTS[name], GRAPH_OUTPUTS[name], feeds[name])
             path = tmp / "golden" / f"{name}.npz"
@@ -280,29 +290,41 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
 
         # artifacts: each graph converted once per target, every precision derived from that float model
         (tmp / "models").mkdir()
-        artifacts = []
+        artifacts, not_produced = [], []
         jobs = [(g, t, p) for g in graphs for t in config.targets for p in config.precisions
                 if g != "identity" or p in IDENTITY_PRECISIONS]
-        eta = Eta(sum(STEP_COST["derive", g] + STEP_COST["validate", g] for g, _, _ in jobs)
-                  + sum(STEP_COST["convert", g] for g, t in {(g, t) for g, t, _ in jobs}))
-        float_model, float_key = None, None
+        float_model, float_key, float_error, float_seconds = None, None, None, 0.0
         for i, (graph_name, target, precision) in enumerate(jobs, 1):
             name = f"{graph_name}_{precision}_{target}"
             file = Path("models") / f"{graph_name}_{precision}{EXTENSIONS[target]}"
             example = {k: torch.from_numpy(v) for k, v in feeds[graph_name][0].items()}
-            started = time.perf_counter()
             if float_key != (graph_name, target):
-                float_model = None  # the previous graph's float model can be large: free it first
+                float_model, float_error = None, None  # the previous float model can be large: free it first
                 progress(f"[{i}/{len(jobs)}] converting the {graph_name} graph to {target} ({eta.text()})")
-                float_model = _float_converter(target)(graphs[graph_name], example, list(GRAPH_OUTPUTS[graph_name]))
-                float_key = (graph_name, target)
+                started = time.perf_counter()
+                try:
+                    float_model = _float_converter(target)(graphs[graph_name], example, list(GRAPH_OUTPUTS[graph_name]))
+                except Exception as exc:  # this graph and target fail; the other artifacts go on
+                    float_error = f"{target} conversion of the {graph_name} graph failed: {type(exc).__name__}: {exc}"
+                float_key, float_seconds = (graph_name, target), time.perf_counter() - started
                 eta.advance(STEP_COST["convert", graph_name])
             progress(f"[{i}/{len(jobs)}] exporting {name} ({eta.text()})")
-            result = _exporter(target)(graphs[graph_name], example, list(GRAPH_OUTPUTS[graph_name]), tmp / file,
-                                       precision, calibration=calibration.get(graph_name) if precision == "int8" else None,
-                                       float_model=float_model)
+            started = time.perf_counter()
+            try:
+                if float_error:
+                    raise ExportError(float_error)
+                result = _exporter(target)(graphs[graph_name], example, list(GRAPH_OUTPUTS[graph_name]), tmp / file,
+                                           precision, calibration=calibration.get(graph_name) if precision == "int8" else None,
+                                           float_model=float_model)
+            except Exception as exc:  # one artifact that cannot be made does not take the others with it
+                error = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+                progress(f"    {name} could not be produced: {error.splitlines()[0][:300]}")
+                not_produced.append({"name": name, "graph": graph_name, "target": target, "precision": precision,
+                                     "file": None, "error": error})
+                eta.advance(STEP_COST["derive", graph_name, precision] + STEP_COST["validate", graph_name])
+                continue
             seconds = time.perf_counter() - started
-            eta.advance(STEP_COST["derive", graph_name])
+            eta.advance(STEP_COST["derive", graph_name, precision])
             runner = make_runner(target, tmp / file)
             artifacts.append({
                 "name": name, "graph": graph_name, "target": target, "precision": precision,
@@ -311,8 +333,12 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
                 "golden": f"golden/{graph_name}.npz",
                 "float_ops": getattr(result, "float_ops", None), "notes": list(getattr(result, "notes", [])),
                 "export_seconds": round(seconds, 1),
+                "float_conversion_seconds": round(float_seconds, 1),  # shared by the graph's artifacts of this target
             })
         float_model = None
+        if not artifacts:
+            raise ValidationFailed("no artifact could be produced, bundle not written:\n"
+                                   + "\n".join(f"  {a['name']}: {a['error']}" for a in not_produced))
 
         manifest = {
             "format": "bilayer-mobile-bundle",
@@ -332,8 +358,9 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
             "artifacts": artifacts,
             "rejected": [],
             "not_exported": {
-                "coreml": "not built yet (issue 3/4)",
-                "nnapi": "not built yet (issue 3/4)",
+                "coreml": "not built yet",
+                "executorch": "not built yet",
+                "nnapi": "not built yet",
                 "identity int8": "the identity graph runs once per identity; it is exported in fp32 and fp16",
             },
             "tools": tool_versions(),
@@ -348,6 +375,9 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
 
         report = validate_bundle(tmp, progress=validation_progress)
         failed = {r.name for r in report.failed}
+        if not_produced and config.strict:
+            raise ValidationFailed(f"{len(not_produced)} artifact(s) could not be produced, bundle not written "
+                                   "(--strict):\n" + "\n".join(f"  {a['name']}: {a['error']}" for a in not_produced))
         if failed and config.strict:
             raise ValidationFailed(f"{len(failed)} artifact(s) below threshold, bundle not written (--strict):\n"
                                    + results_table(report.results))
@@ -357,8 +387,11 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
             (tmp / "rejected").mkdir(exist_ok=True)
             (tmp / artifact["file"]).rename(tmp / rejected_file)
             artifact["file"] = str(rejected_file)
+        if len(failed) == len(artifacts):
+            raise ValidationFailed(f"every artifact is below its threshold, bundle not written:\n"
+                                   + results_table(report.results))
         manifest["artifacts"] = [a for a in artifacts if a["name"] not in failed]
-        manifest["rejected"] = [a for a in artifacts if a["name"] in failed]
+        manifest["rejected"] = [a for a in artifacts if a["name"] in failed] + not_produced
         manifest["validation"] = {"machine": report.machine,
                                   "figures": {r.name: r.figures() for r in report.results}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -368,7 +401,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)
         tmp.rename(out)
-        return ExportedBundle(out, manifest, report, sorted(failed))
+        return ExportedBundle(out, manifest, report, sorted(failed | {a["name"] for a in not_produced}))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,7 +24,8 @@ Pipeline (one function, `export_onnx`):
      (`onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)`);
    - `int8_dynamic`: `quantize_dynamic`, uint8 weights of MatMul/Gemm/Conv, activations
      quantized at run time;
-   - `int8`: calibrated static 8-bit (QDQ, uint8 activations and per-channel uint8 weights)
+   - `int8`: calibrated static 8-bit (QDQ, uint8 activations, per-channel symmetric uint8
+     weights: zero point 128)
      *restricted to Conv, MatMul and Gemm*. The warp coordinates (`identity_grid + tanh(uv_head)`)
      and everything that feeds `GridSample` stay float: a uniform int8 grid over [-1, 1] has a
      step of ~1 output pixel, which destroys the warp (see `int8_full`);
@@ -170,8 +171,8 @@ def export_onnx(
         model = quantize_int8_static(model, calibration, op_types, exclude)
         float_ops = count_float_ops(model)
         if precision == "int8":
-            notes.append(f"int8: calibrated static QDQ (MinMax, {len(calibration)} feeds, per-channel asymmetric "
-                         f"uint8 weights, uint8 activations) on {list(INT8_OP_TYPES)} only; u8 x u8 kernels "
+            notes.append(f"int8: calibrated static QDQ (MinMax, {len(calibration)} feeds, per-channel symmetric "
+                         f"uint8 weights (zero point 128), uint8 activations) on {list(INT8_OP_TYPES)} only; u8 x u8 kernels "
                          "accumulate exactly on every CPU (no VNNI dependence)")
             if exclude:
                 notes.append(f"  kept float: {exclude} (computes the GridSample grid, i.e. the warp)")
@@ -368,8 +369,9 @@ def quantize_int8_static(model: onnx.ModelProto, calibration: list[dict[str, np.
             calibrate_method=CalibrationMethod.MinMax,
             # (No CalibMaxIntermediateOutputs: in onnxruntime 1.32 it discards the statistics it
             # flushes. MinMax keeps only per-tensor ReduceMin/ReduceMax outputs per feed anyway.)
-            # Asymmetric uint8 weights use the whole 0..255 range of each output channel.
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": False},
+            # Per-channel weights are symmetric whatever is asked (QLinearConv needs one zero point
+            # for all channels): uint8 with zero point 128, i.e. an int8 grid stored as uint8.
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         return onnx.load(dst)
 

@@ -144,7 +144,11 @@ def machine_line(machine: dict) -> str:
             f"{features}; int8: {machine.get('int8_dot_product', '?')}{masked})")
 
 
+KERNEL_RUNTIMES = ("onnxruntime", "ai-edge-litert")
+
+
 def same_kernels(a: dict, b: dict) -> bool:
-    """Whether two machines run the same kernels: same architecture, features and runtimes."""
-    keys = ("arch", "kernel_features", "runtimes")
-    return all(a.get(k) == b.get(k) for k in keys)
+    """Whether two machines run the same artifact kernels: same architecture, kernel-selecting
+    features and versions of the runtimes that run artifacts (not of Python or NumPy)."""
+    runtimes = lambda m: {k: m.get("runtimes", {}).get(k) for k in KERNEL_RUNTIMES}
+    return (a.get("arch"), a.get("kernel_features"), runtimes(a)) == (b.get("arch"), b.get("kernel_features"), runtimes(b))

@@ -53,10 +53,15 @@ def load_manifest(bundle: Path) -> dict:
         raise BundleError(f"{path} is not valid JSON: {exc}") from None
 
 
-def check_integrity(bundle: Path, manifest: dict) -> None:
-    """Every artifact (published or rejected) and golden file exists and has the sha256 the
-    manifest records."""
-    for artifact in manifest["artifacts"] + manifest.get("rejected", []):
+def runnable_rejected(manifest: dict) -> list[dict]:
+    """The rejected artifacts that have a file (a conversion that failed has none)."""
+    return [a for a in manifest.get("rejected", []) if a.get("file")]
+
+
+def check_integrity(bundle: Path, manifest: dict, include_rejected: bool = False) -> None:
+    """Every published artifact (and rejected one, when asked) and its golden file exists and has
+    the sha256 the manifest records. Rejected files are optional: an app ships without them."""
+    for artifact in manifest["artifacts"] + (runnable_rejected(manifest) if include_rejected else []):
         for key in ("file", "golden"):
             rel = artifact[key]
             expected = artifact["sha256"] if key == "file" else manifest["golden"][rel]["sha256"]
@@ -163,7 +168,7 @@ LOCALIZATION_DRIFTS_KEPT = 20  # worst tensors kept in parity.json beside the fi
 def localize_failure(bundle: Path, manifest: dict, artifact: dict, sample: int) -> dict | None:
     """Per-tensor localisation of a failed quantized artifact against the fp32 artifact of the same
     graph and target, on golden sample `sample` (None when the bundle has no such fp32 artifact)."""
-    reference = next((a for a in manifest["artifacts"] if a["graph"] == artifact["graph"]
+    reference = next((a for a in manifest["artifacts"] + runnable_rejected(manifest) if a["graph"] == artifact["graph"]
                       and a["target"] == artifact["target"] and a["precision"] == "fp32"), None)
     if reference is None:
         return None
@@ -204,9 +209,12 @@ def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = 
     if not bundle.is_dir():
         raise BundleError(f"bundle directory {bundle} does not exist")
     manifest = load_manifest(bundle)
-    check_integrity(bundle, manifest)
+    check_integrity(bundle, manifest, include_rejected)
     image_size = manifest["model"]["config"]["image_size"]
-    artifacts = manifest["artifacts"] + (manifest.get("rejected", []) if include_rejected else [])
+    artifacts = manifest["artifacts"] + (runnable_rejected(manifest) if include_rejected else [])
+    if not artifacts:
+        raise BundleError(f"{bundle} lists no artifact to validate (manifest.json 'artifacts' is empty); "
+                          "re-run `bilayer-mobile export`")
     results, worst_case, worst_margin = [], {}, math.inf
     for i, artifact in enumerate(artifacts, 1):
         if progress:
@@ -307,9 +315,11 @@ def write_reports(bundle: Path, report: ValidationReport) -> None:
           results_table(report.results, rejected), ""]
     if rejected:
         md += ["## Rejected artifacts", "",
-               "These failed their gate at export and are kept out of `models/`: their files are in `rejected/` "
-               "for inspection, listed under `rejected` in manifest.json. Do not ship them.", ""]
-        md += [f"- {name}" for name in sorted(rejected)] + [""]
+               "These failed their gate at export (or could not be produced) and are kept out of `models/`: their "
+               "files are in `rejected/` for inspection, listed under `rejected` in manifest.json (figures under "
+               "`validation.figures`). Do not ship them.", ""]
+        md += [f"- {a['name']}" + (f": could not be produced ({a['error'].splitlines()[0]})" if a.get("error") else "")
+               for a in sorted(report.rejected, key=lambda a: a["name"])] + [""]
     if report.drift:
         md += ["## Figures that moved from the bundle's recorded ones", "",
                f"Recorded on: {machine_line(report.recorded_machine or {})}.", ""]

@@ -129,20 +129,53 @@ def test_bad_options_and_existing_output_leave_nothing(small_model, bundle, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_failed_export_leaves_no_half_bundle(small_model, tmp_path, monkeypatch):
+def test_an_artifact_that_cannot_be_produced_is_rejected_and_a_total_failure_writes_nothing(
+        small_model, tmp_path, monkeypatch):
     import export.bundle as bundle_module
+    from export.bundle import ValidationFailed
 
-    def broken_exporter(target):
-        def export(*args, **kwargs):
-            raise RuntimeError("converter crashed")
-        return export
+    real = bundle_module._exporter
 
-    monkeypatch.setattr(bundle_module, "_exporter", broken_exporter)
-    with pytest.raises(RuntimeError, match="converter crashed"):
-        export_bundle(small_model, ExportConfig(out=tmp_path / "b", precisions=("fp32",), golden_identities=1,
-                                                golden_frames=1, calibration_identities=1, calibration_frames=1),
+    def exporter_crashing_on(precisions):
+        def make(target):
+            export = real(target)
+
+            def run(*args, **kwargs):
+                if args[4] in precisions:
+                    raise RuntimeError("converter crashed")
+                return export(*args, **kwargs)
+            return run
+        return make
+
+    small = dict(golden_identities=1, golden_frames=1, calibration_identities=1, calibration_frames=1)
+    monkeypatch.setattr(bundle_module, "_exporter", exporter_crashing_on({"fp16"}))
+    result = export_bundle(small_model, ExportConfig(out=tmp_path / "b", targets=("onnx",), precisions=("fp32", "fp16"),
+                                                     **small), "x", progress=lambda m: None)
+    assert result.rejected == ["baked_frame_fp16_onnx", "frame_fp16_onnx", "identity_fp16_onnx"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert [a["precision"] for a in manifest["artifacts"]] == ["fp32"] * 3
+    assert all(a["file"] is None and "converter crashed" in a["error"] for a in manifest["rejected"])
+    assert "could not be produced (RuntimeError: converter crashed)" in (tmp_path / "b" / "reports" / "parity.md").read_text()
+    assert main(["validate", str(tmp_path / "b")]) == 0
+    assert main(["validate", str(tmp_path / "b"), "--include-rejected"]) == 1
+
+    monkeypatch.setattr(bundle_module, "_exporter", exporter_crashing_on({"fp32"}))
+    with pytest.raises(ValidationFailed, match="no artifact could be produced"):
+        export_bundle(small_model, ExportConfig(out=tmp_path / "c", targets=("onnx",), precisions=("fp32",), **small),
                       "x", progress=lambda m: None)
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_a_bundle_without_its_rejected_files_still_validates(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    moved = dict(manifest["artifacts"][-1], file="rejected/gone.tflite")
+    manifest["rejected"] = [moved]  # as if one artifact had been rejected and rejected/ not shipped
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert len(validate_bundle(copy).results) == len(manifest["artifacts"])
+    with pytest.raises(BundleError, match="rejected/gone.tflite .* is missing"):
+        validate_bundle(copy, include_rejected=True)
 
 
 @pytest.fixture

