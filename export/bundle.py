@@ -39,7 +39,7 @@ from reference.errors import BilayerError
 from reference.model import BilayerModel
 from reference.preprocessing import STICKMAN_PARTS
 
-from .calibration import frame_feeds, identity_feeds, photo_clips
+from .calibration import frame_feeds, identity_feeds, identity_states, photo_clips
 from .graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
 
 TARGETS = ("onnx", "tflite")
@@ -260,7 +260,8 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
 
         # graphs, golden vectors and calibration feeds
         first = golden_clips[0]
-        state = model.init_identity(first.image[None], first.keypoints[None])
+        golden_states = identity_states(model, golden_clips)  # once: the frame feeds and the baked graph share them
+        state = golden_states[0]
         layout = adaptive_layout(state)
         graphs = {
             "identity": IdentityGraph(model),
@@ -269,7 +270,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
         }
         feeds = {
             "identity": identity_feeds(golden_clips, size),
-            "frame": frame_feeds(model, golden_clips),
+            "frame": frame_feeds(model, golden_clips, golden_states),
             "baked_frame": [{"keypoints": kp[None].numpy()} for kp in first.drivers],  # the baked identity
         }
         # only int8 needs calibration, and the identity graph is not exported in int8

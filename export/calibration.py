@@ -97,18 +97,24 @@ def identity_feeds(clips: list[FaceClip], image_size: int = 256) -> list[dict[st
     return feeds
 
 
-def frame_feeds(model: BilayerModel, clips: list[FaceClip]) -> list[dict[str, np.ndarray]]:
+def identity_states(model: BilayerModel, clips: list[FaceClip]) -> list:
+    """The PyTorch reference's identity state of each clip's source frame."""
+    return [model.init_identity(c.image[None], c.keypoints[None], mask=None if c.mask is None else c.mask[None])
+            for c in clips]
+
+
+def frame_feeds(model: BilayerModel, clips: list[FaceClip], states: list | None = None) -> list[dict[str, np.ndarray]]:
     """Inputs of the frame graph (keypoints, texture, adaptive_params), one feed per driving frame.
 
-    The identity state is computed by the PyTorch reference, so frame-graph parity is measured
-    on exactly the texture and parameters a correct identity graph produces.
+    The identity state is computed by the PyTorch reference (or given: `identity_states` of the
+    same clips), so frame-graph parity is measured on exactly the texture and parameters a
+    correct identity graph produces.
     """
     from .graphs import pack_adaptive_params
 
+    states = identity_states(model, clips) if states is None else states
     feeds = []
-    for c in clips:
-        mask = None if c.mask is None else c.mask[None]
-        state = model.init_identity(c.image[None], c.keypoints[None], mask=mask)
+    for c, state in zip(clips, states, strict=True):
         texture = state.enhanced_texture if state.enhanced_texture is not None else state.texture
         flat = pack_adaptive_params(state)
         for kp in c.drivers:

@@ -147,7 +147,8 @@ def export_onnx(
     if float_model is None:
         model, notes = convert_float(module, example_inputs, output_names)
     else:
-        model, notes = copy.deepcopy(float_model[0]), list(float_model[1]) + ["converted from the graph's fp32 export"]
+        # not copied: every precision below builds a new model and leaves this one as it is
+        model, notes = float_model[0], list(float_model[1]) + ["derived from the graph's one fp32 export"]
         got = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
         if got != (list(example_inputs), list(output_names)):
             raise ValueError(f"float_model has inputs/outputs {got}, not {list(example_inputs)} -> {list(output_names)}")
@@ -181,7 +182,8 @@ def export_onnx(
         else:
             notes.append(f"int8_full (test only): static QDQ of every float op type {op_types}; "
                          "this quantizes the warp coordinates and is expected to fail the parity gate")
-    model = contiguous_constants(model)
+    if precision != "fp32":  # the fp32 model's constants were made contiguous by convert_float
+        model = contiguous_constants(model)
     check(model)
     atomic_save(model, path)
     return OnnxExportResult(path=path, precision=precision, opset=opset_of(model), float_ops=float_ops, notes=notes)
