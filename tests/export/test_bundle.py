@@ -234,7 +234,7 @@ def test_a_failing_artifact_is_rejected_and_the_rest_published(small_source, ful
 
 def test_strict_export_publishes_nothing(small_source, full_int8_as_int8, tmp_path, capsys):
     out = tmp_path / "strict"
-    code = main(["export", "--targets", "onnx", "--precisions", "fp32,int8", "--strict", "--out", str(out)])
+    code = main(["export", "--targets", "onnx", "--precisions", "int8", "--strict", "--out", str(out)])
     assert code == 1
     assert "bundle not written (--strict)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["strict.export.log"]
@@ -249,10 +249,10 @@ def test_large_warp_checkpoint_in_the_official_layout_exports_every_fp16_artifac
     from runtime_bench.compare import UV_TOLERANCE
 
     out = tmp_path / "tiny"
-    code = main(["export", str(golden_run), "--no-enhancer", "--precisions", "fp32,fp16", "--out", str(out)])
+    code = main(["export", str(golden_run), "--no-enhancer", "--precisions", "fp16", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["rejected"] == [] and len(manifest["artifacts"]) == 12
+    assert manifest["rejected"] == [] and len(manifest["artifacts"]) == 6
     report = {a["name"]: a for a in json.loads((out / "reports" / "parity.json").read_text())["artifacts"]}
     fp16_frames = [a for a in report.values() if a["graph"] != "identity" and a["precision"] == "fp16"]
     assert len(fp16_frames) == 4
