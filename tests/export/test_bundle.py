@@ -159,7 +159,12 @@ def test_an_artifact_that_cannot_be_produced_is_rejected_and_a_total_failure_wri
     assert main(["validate", str(tmp_path / "b")]) == 0
     assert main(["validate", str(tmp_path / "b"), "--include-rejected"]) == 1
 
-    monkeypatch.setattr(bundle_module, "_exporter", exporter_crashing_on({"fp32"}))
+    def converter_crashing(target):
+        def convert(*args, **kwargs):
+            raise RuntimeError("converter crashed")
+        return convert
+
+    monkeypatch.setattr(bundle_module, "_float_converter", converter_crashing)
     with pytest.raises(ValidationFailed, match="no artifact could be produced"):
         export_bundle(small_model, ExportConfig(out=tmp_path / "c", targets=("onnx",), precisions=("fp32",), **small),
                       "x", progress=lambda m: None)
