@@ -169,7 +169,7 @@ def _exporter(target: str):
 # parameters and an unrolled enhancer, the frame graphs ~5 M; calibrated int8 runs the graph on
 # the calibration set.
 STEP_COST = {
-    "prepare": 20.0,  # real-face data, graphs and golden reference outputs
+    "prepare": 35.0,  # real-face data, graphs and golden reference outputs
     ("convert", "identity"): 32.0, ("convert", "frame"): 8.0, ("convert", "baked_frame"): 8.0,
     ("derive", "identity", "fp32"): 6.0, ("derive", "identity", "fp16"): 6.5,
     ("validate", "identity"): 6.5, ("validate", "frame"): 0.5, ("validate", "baked_frame"): 0.5,
