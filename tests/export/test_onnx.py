@@ -226,6 +226,23 @@ def test_int8_dynamic_frame_graph(realistic_frame, tmp_path):
     assert metrics["uv"]["uv_px"] < UV_TOLERANCE["int8_dynamic"].floor_px, metrics
 
 
+def test_int8_calibration_does_not_depend_on_the_texture(tiny_model, tiny_frame, clips, tmp_path):
+    """The bundle calibrates the frame graph on base textures (no enhancer pass): no quantized op
+    reads the texture, which only enters the float warp, so the int8 model is the same file."""
+    from export.calibration import calibration_frame_feeds
+
+    graph, feeds = tiny_frame
+    enhanced = frame_feeds(tiny_model, clips["calib"][:2])
+    base = calibration_frame_feeds(tiny_model, clips["calib"][:2])
+    assert tiny_model.has_enhancer
+    assert np.abs(enhanced[0]["texture"] - base[0]["texture"]).max() > 0.1  # really other textures
+    paths = []
+    for name, calibration in (("enhanced", enhanced), ("base", base)):
+        paths.append(export_onnx(graph, example(feeds[0]), FRAME_OUTPUTS, tmp_path / f"{name}.onnx", "int8",
+                                 calibration=calibration).path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
 def integer_weight_types(model: onnx.ModelProto) -> set[int]:
     """Element types of the 8-bit weights that integer kernels multiply: the constant inputs of
     DequantizeLinear (QDQ) and of ConvInteger / MatMulInteger / DynamicQuantizeMatMul."""
