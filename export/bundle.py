@@ -216,7 +216,6 @@ class ExportedBundle:
     """A published bundle: its manifest and the validation of every artifact it was exported with
     (`rejected` names the artifacts kept out of models/ because they failed their gate)."""
 
-    path: Path
     manifest: dict
     report: "ValidationReport"  # runtime_bench.validate
     rejected: list[str]
@@ -292,8 +291,6 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
         # artifacts: each graph converted once per target, every precision derived from that float model
         (tmp / "models").mkdir()
         artifacts, not_produced = [], []
-        jobs = [(g, t, p) for g in graphs for t in config.targets for p in config.precisions
-                if g != "identity" or p in IDENTITY_PRECISIONS]
         float_model, float_key, float_error, float_seconds = None, None, None, 0.0
         for i, (graph_name, target, precision) in enumerate(jobs, 1):
             name = f"{graph_name}_{precision}_{target}"
@@ -402,7 +399,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)
         tmp.rename(out)
-        return ExportedBundle(out, manifest, report, sorted(failed | {a["name"] for a in not_produced}))
+        return ExportedBundle(manifest, report, sorted(failed | {a["name"] for a in not_produced}))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
