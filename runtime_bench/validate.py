@@ -11,8 +11,8 @@ its mean UV error stays within the precision's `UV_TOLERANCE` for the reference'
 Every figure is recorded with the machine that measured it (`runtime_bench.machine`): a bundle's
 manifest keeps the figures of its export, and `validate` elsewhere reports which of its own
 figures moved by more than `FIGURE_DRIFT_DB` / `FIGURE_DRIFT_UV_PX` from them. Artifacts that
-failed their gate at export are listed under `rejected` in the manifest (files in `rejected/`);
-they are integrity-checked but not gated again unless asked.
+failed their gate at export are listed under `rejected` in the manifest (files in `rejected/`,
+which an app need not ship); they are checked and gated again only when asked.
 """
 from __future__ import annotations
 
