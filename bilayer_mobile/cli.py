@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from reference.errors import BilayerError, InputError
+from bilayer_mobile.reference.errors import BilayerError, InputError
 
 
 class OutputExistsError(BilayerError):
@@ -40,8 +40,8 @@ class ModelSource:
     no_enhancer: bool = False
 
     def load(self):
-        from reference import load_official_checkpoint
-        from reference.default_model import default_model
+        from bilayer_mobile.reference import load_official_checkpoint
+        from bilayer_mobile.reference.default_model import default_model
 
         if self.checkpoint is None:
             if self.enhancer_run is not None or self.epoch is not None:
@@ -90,8 +90,8 @@ def _model_source(args) -> ModelSource:
 
 # ------------------------------------------------------------------------------ info
 def cmd_info(args) -> int:
-    from reference.default_model import measure_uv_displacement_px
-    from reference.summary import network_costs, pipeline_macs
+    from bilayer_mobile.reference.default_model import measure_uv_displacement_px
+    from bilayer_mobile.reference.summary import network_costs, pipeline_macs
 
     source = _model_source(args)
     model = source.load()
@@ -160,8 +160,8 @@ def _finish_output(tmp: Path, out: Path) -> None:
 
 
 def _source_face(path: Path, landmarks_path: Path | None, image_size: int, crop: bool):
-    from reference.landmarks import detect_landmarks
-    from reference.preprocessing import FaceCrop, crop_face, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
+    from bilayer_mobile.reference.landmarks import detect_landmarks
+    from bilayer_mobile.reference.preprocessing import FaceCrop, crop_face, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
 
     image = load_rgb(path)
     if not crop and image.shape[:2] != (image_size, image_size):
@@ -178,7 +178,7 @@ def _driver_keypoints(path: Path, image_size: int, keypoints_size: int | None, c
     import numpy as np
     import torch
 
-    from reference.preprocessing import load_landmarks_npy, normalise_keypoints
+    from bilayer_mobile.reference.preprocessing import load_landmarks_npy, normalise_keypoints
 
     if path.suffix.lower() == ".npy":
         if not path.is_file():
@@ -204,8 +204,8 @@ def cmd_render(args) -> int:
     import numpy as np
     import torch
 
-    from reference.face_samples import driving_sequence
-    from reference.preprocessing import draw_stickmen, tensor_to_image
+    from bilayer_mobile.reference.face_samples import driving_sequence
+    from bilayer_mobile.reference.preprocessing import draw_stickmen, tensor_to_image
 
     job = RenderJob(args.source, args.driver, args.out, args.source_landmarks, args.keypoints_size,
                     args.sequence_frames, args.force, not args.no_crop)
@@ -256,9 +256,9 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def cmd_export(args) -> int:
-    from export.bundle import ExportConfig, export_bundle
-    from runtime_bench.machine import machine_line
-    from runtime_bench.validate import results_table
+    from bilayer_mobile.export.bundle import ExportConfig, export_bundle
+    from bilayer_mobile.runtime_bench.machine import machine_line
+    from bilayer_mobile.runtime_bench.validate import results_table
 
     config = ExportConfig(out=args.out, targets=_csv(args.targets), precisions=_csv(args.precisions),
                           data_root=args.data_root, strict=args.strict)  # checks targets and precisions first
@@ -322,8 +322,8 @@ def converter_chatter_to(log_path: Path):
 
 
 def cmd_validate(args) -> int:
-    from runtime_bench.machine import machine_line, same_kernels
-    from runtime_bench.validate import gate_description, localization_line, results_table, validate_bundle, write_reports
+    from bilayer_mobile.runtime_bench.machine import machine_line, same_kernels
+    from bilayer_mobile.runtime_bench.validate import gate_description, localization_line, results_table, validate_bundle, write_reports
 
     log = lambda message: print(message, file=sys.stderr, flush=True)
     # a rewritten report covers every artifact the bundle holds, rejected ones included

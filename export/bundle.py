@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reference.errors import BilayerError
-from reference.model import BilayerModel
-from reference.preprocessing import STICKMAN_PARTS
+from ..reference.errors import BilayerError
+from ..reference.model import BilayerModel
+from ..reference.preprocessing import STICKMAN_PARTS
 
 from .calibration import calibration_frame_feeds, frame_feeds, identity_feeds, identity_states, photo_clips
 from .graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
@@ -231,7 +231,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
     Artifacts below their gate go to `rejected/` and the rest is published; with `config.strict`
     nothing is published and `ValidationFailed` is raised instead.
     """
-    from runtime_bench.validate import make_runner, results_table, sha256_file, validate_bundle, write_reports
+    from ..runtime_bench.validate import make_runner, results_table, sha256_file, validate_bundle, write_reports
 
     out = Path(config.out)
     if out.exists():

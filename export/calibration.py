@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reference.errors import InputError
-from reference.face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
-from reference.model import BilayerModel
-from reference.preprocessing import draw_stickmen, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
+from ..reference.errors import InputError
+from ..reference.face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
+from ..reference.model import BilayerModel
+from ..reference.preprocessing import draw_stickmen, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from reference.model import BilayerModel, IdentityState, mask_image, warp
+from ..reference.model import BilayerModel, IdentityState, mask_image, warp
 
 Tensor = torch.Tensor
 

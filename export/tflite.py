@@ -399,8 +399,8 @@ def compare_with_torch(module: nn.Module, path: Path, feeds: list[dict[str, np.n
     """Run the .tflite and the PyTorch module on every feed; per output, the comparison
     (runtime_bench.compare) over all feeds stacked: psnr_db, max_abs, cosine (+ uv_error_px
     for an output named `uv` when image_size is given)."""
-    from runtime_bench.compare import compare_output
-    from runtime_bench.litert_runner import LiteRtRunner
+    from ..runtime_bench.compare import compare_output
+    from ..runtime_bench.litert_runner import LiteRtRunner
 
     runner = LiteRtRunner(path)
     module = module.eval()

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from reference import BilayerConfig, BilayerModel, load_official_checkpoint
+    from bilayer_mobile.reference import BilayerConfig, BilayerModel, load_official_checkpoint
     model = BilayerModel(BilayerConfig.paper()).eval()
     model.load_official_state_dicts({...})
     state = model.init_identity(image, keypoints)

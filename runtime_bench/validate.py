@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reference.errors import BilayerError
+from ..reference.errors import BilayerError
 
 from .compare import (FIGURE_DRIFT_DB, FIGURE_DRIFT_UV_PX, FIGURE_PSNR_CEILING_DB, GATED_OUTPUTS, THRESHOLDS_DB,
                       UV_TOLERANCE, OutputComparison, compare_output, warp_px)

@@ -27,7 +27,7 @@ def golden() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_model():
     """The official golden_tiny run loaded in float32 (eval mode, enhancer on)."""
-    from reference import load_official_checkpoint
+    from bilayer_mobile.reference import load_official_checkpoint
 
     return load_official_checkpoint(GOLDEN_RUN)
 
@@ -43,7 +43,7 @@ def default_model_paper(default_model_cache):
     """The built-in default model (paper config), built from scratch once per test session."""
     import os
 
-    from reference.default_model import default_model
+    from bilayer_mobile.reference.default_model import default_model
 
     old = os.environ.get("BILAYER_MOBILE_CACHE")
     os.environ["BILAYER_MOBILE_CACHE"] = str(default_model_cache)

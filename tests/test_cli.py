@@ -76,8 +76,8 @@ def _inputs_present():
 @pytest.fixture(scope="module")
 def detections() -> dict[str, dict]:
     """Landmarks and official crops of the two photos, detected once per module."""
-    from reference.landmarks import detect_landmarks
-    from reference.preprocessing import crop_face, load_rgb
+    from bilayer_mobile.reference.landmarks import detect_landmarks
+    from bilayer_mobile.reference.preprocessing import crop_face, load_rgb
 
     out = {}
     for name, path in (("source", SOURCE), ("target", TARGET)):
@@ -248,7 +248,7 @@ def test_render_outputs(rendered, detections):
     strip = iio.imread(out / "drivers_strip.png")
     assert strip.shape == (512, 3 * 256, 3)
     # top row: the source crop, then the drivers' stickmen; bottom row: texture, then the frames
-    from reference.preprocessing import tensor_to_image
+    from bilayer_mobile.reference.preprocessing import tensor_to_image
 
     assert np.array_equal(strip[:256, :256], tensor_to_image(detections["source"]["crop"].image))
     for i, image in enumerate(images):

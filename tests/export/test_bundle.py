@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bilayer_mobile.cli import main
-from export.bundle import ExportConfig, ExportError, export_bundle
-from runtime_bench.validate import BundleError, make_runner, sha256_file, validate_bundle
+from bilayer_mobile.export.bundle import ExportConfig, ExportError, export_bundle
+from bilayer_mobile.runtime_bench.validate import BundleError, make_runner, sha256_file, validate_bundle
 
 TINY_CONFIG = dict(emb_num_channels=8, emb_max_channels=64, tex_num_channels=8, tex_max_channels=64,
                    inf_num_channels=4, inf_max_channels=32, pse_num_channels=32, enh_num_channels=8,
@@ -20,8 +20,8 @@ TINY_CONFIG = dict(emb_num_channels=8, emb_max_channels=64, tex_num_channels=8, 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
     """The default-model recipe (standing statistics, 3 px warp) on a small configuration."""
-    from reference import BilayerConfig
-    from reference.default_model import DefaultModelRecipe, build_default_model
+    from bilayer_mobile.reference import BilayerConfig
+    from bilayer_mobile.reference.default_model import DefaultModelRecipe, build_default_model
 
     recipe = DefaultModelRecipe(stats_identities=4, uv_identities=4, with_enhancer=False)
     # without the enhancer: converting its unrolled steps is slow, and tests/export/test_onnx.py
@@ -64,7 +64,7 @@ def test_manifest_describes_every_file_truthfully(bundle):
 
 
 def test_manifest_and_report_name_the_machine_of_every_figure(bundle):
-    from runtime_bench.machine import describe_machine
+    from bilayer_mobile.runtime_bench.machine import describe_machine
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     machine = manifest["validation"]["machine"]
@@ -131,8 +131,8 @@ def test_bad_options_and_existing_output_leave_nothing(small_model, bundle, tmp_
 
 def test_an_artifact_that_cannot_be_produced_is_rejected_and_a_total_failure_writes_nothing(
         small_model, tmp_path, monkeypatch):
-    import export.bundle as bundle_module
-    from export.bundle import ValidationFailed
+    import bilayer_mobile.export.bundle as bundle_module
+    from bilayer_mobile.export.bundle import ValidationFailed
 
     real = bundle_module._exporter
 
@@ -187,7 +187,7 @@ def test_a_bundle_without_its_rejected_files_still_validates(bundle, tmp_path):
 def full_int8_as_int8(monkeypatch):
     """Make the bundle's ONNX `int8` artifacts the test-only full int8 (warp quantized), which
     fails its gate: a deliberately failing artifact among passing ones."""
-    import export.bundle as bundle_module
+    import bilayer_mobile.export.bundle as bundle_module
 
     real = bundle_module._exporter
 
@@ -251,7 +251,7 @@ def test_large_warp_checkpoint_in_the_official_layout_exports_every_fp16_artifac
     fp16 frame artifacts keep the displacement to the same relative precision as any fp16 model,
     which is more than the fixed 0.05 px floor in pixels; the warp-scaled UV gate passes them, and
     the image gate still decides."""
-    from runtime_bench.compare import UV_TOLERANCE
+    from bilayer_mobile.runtime_bench.compare import UV_TOLERANCE
 
     out = tmp_path / "tiny"
     code = main(["export", str(golden_run), "--no-enhancer", "--precisions", "fp16", "--out", str(out)])

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from export.calibration import dataset_clips, identity_feeds, photo_clips
-from reference.errors import InputError
-from reference.face_samples import augmented_crops, load_face_photos
+from bilayer_mobile.export.calibration import dataset_clips, identity_feeds, photo_clips
+from bilayer_mobile.reference.errors import InputError
+from bilayer_mobile.reference.face_samples import augmented_crops, load_face_photos
 
 
 def test_photo_clips_are_real_faces_and_seeded(photos_dir):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export.graphs import (
+from bilayer_mobile.export.graphs import (
     BakedFrameGraph,
     FrameGraph,
     IdentityGraph,
@@ -14,7 +14,7 @@ from export.graphs import (
     reconstruction_loss_gradient_explicit,
     unpack_adaptive_params,
 )
-from reference.model import reconstruction_loss_gradient, warp
+from bilayer_mobile.reference.model import reconstruction_loss_gradient, warp
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ import onnx
 import pytest
 import torch
 
-from export.calibration import frame_feeds, identity_feeds, photo_clips
-from export.graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
-from export.onnx_export import PRECISIONS, OnnxExportResult, export_onnx
-from runtime_bench.compare import THRESHOLDS_DB, UV_TOLERANCE, psnr_db, uv_error_px
-from runtime_bench.onnxruntime_runner import OnnxRuntimeRunner
+from bilayer_mobile.export.calibration import frame_feeds, identity_feeds, photo_clips
+from bilayer_mobile.export.graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
+from bilayer_mobile.export.onnx_export import PRECISIONS, OnnxExportResult, export_onnx
+from bilayer_mobile.runtime_bench.compare import THRESHOLDS_DB, UV_TOLERANCE, psnr_db, uv_error_px
+from bilayer_mobile.runtime_bench.onnxruntime_runner import OnnxRuntimeRunner
 
 FRAME_OUTPUTS = ["image", "mask", "uv", "lowfreq"]
 IDENTITY_OUTPUTS = ["texture", "adaptive_params"]
@@ -98,7 +98,7 @@ def tiny_frame(tiny_model, clips):
 def realistic_tiny(tiny_model):
     """golden_tiny's architecture built with the default-model recipe: spectral-norm weights,
     standing BatchNorm statistics from real faces and a ~3 px warp (about 20 s)."""
-    from reference.default_model import DefaultModelRecipe, build_default_model, measure_uv_displacement_px
+    from bilayer_mobile.reference.default_model import DefaultModelRecipe, build_default_model, measure_uv_displacement_px
 
     torch.manual_seed(0)
     model = build_default_model(tiny_model.config, DefaultModelRecipe(stats_identities=8, uv_identities=4,
@@ -229,7 +229,7 @@ def test_int8_dynamic_frame_graph(realistic_frame, tmp_path):
 def test_int8_calibration_does_not_depend_on_the_texture(tiny_model, tiny_frame, clips, tmp_path):
     """The bundle calibrates the frame graph on base textures (no enhancer pass): no quantized op
     reads the texture, which only enters the float warp, so the int8 model is the same file."""
-    from export.calibration import calibration_frame_feeds
+    from bilayer_mobile.export.calibration import calibration_frame_feeds
 
     graph, feeds = tiny_frame
     enhanced = frame_feeds(tiny_model, clips["calib"][:2])

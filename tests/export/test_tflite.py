@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from export.graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout, pack_adaptive_params
-from export.tflite import (
+from bilayer_mobile.export.graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout, pack_adaptive_params
+from bilayer_mobile.export.tflite import (
     PRECISIONS,
     compare_with_torch,
     contiguous_copy,
@@ -25,12 +25,12 @@ from export.tflite import (
     fix_scatter_regions,
     op_histogram,
 )
-from reference.config import BilayerConfig
-from reference.default_model import scale_uv_head_, spectral_normalise_
-from reference.face_samples import augmented_crops, load_face_photos, perturb_keypoints
-from reference.model import BilayerModel
-from reference.preprocessing import draw_stickmen
-from runtime_bench.litert_runner import LiteRtRunner
+from bilayer_mobile.reference.config import BilayerConfig
+from bilayer_mobile.reference.default_model import scale_uv_head_, spectral_normalise_
+from bilayer_mobile.reference.face_samples import augmented_crops, load_face_photos, perturb_keypoints
+from bilayer_mobile.reference.model import BilayerModel
+from bilayer_mobile.reference.preprocessing import draw_stickmen
+from bilayer_mobile.runtime_bench.litert_runner import LiteRtRunner
 
 FRAME_OUTPUTS = ["image", "mask", "uv", "lowfreq"]
 IDENTITY_OUTPUTS = ["texture", "adaptive_params"]

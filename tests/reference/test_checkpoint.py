@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference import BilayerConfig, BilayerModel, CheckpointError, ConfigError, load_official_checkpoint
-from reference.config import NETWORK_NAMES, read_args_txt, resolve_config
+from bilayer_mobile.reference import BilayerConfig, BilayerModel, CheckpointError, ConfigError, load_official_checkpoint
+from bilayer_mobile.reference.config import NETWORK_NAMES, read_args_txt, resolve_config
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
 

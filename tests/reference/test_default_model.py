@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from reference import BilayerConfig
-from reference.default_model import default_model, measure_uv_displacement_px
-from reference.face_samples import augmented_crops, load_face_photos, perturb_keypoints
+from bilayer_mobile.reference import BilayerConfig
+from bilayer_mobile.reference.default_model import default_model, measure_uv_displacement_px
+from bilayer_mobile.reference.face_samples import augmented_crops, load_face_photos, perturb_keypoints
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference import load_official_checkpoint
+from bilayer_mobile.reference import load_official_checkpoint
 
 OUTPUTS = {  # our name -> official key
     "texture": "pred_tex_hf_rgbs",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reference import InputError, IdentityState
+from bilayer_mobile.reference import InputError, IdentityState
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_shapes_and_ranges(tiny_model, inputs):
 def test_identity_grid_is_an_exact_identity_warp(tiny_model):
     grid = tiny_model.inference_generator.identity_grid
     texture = torch.randn(1, 3, 256, 256)
-    from reference.model import warp
+    from bilayer_mobile.reference.model import warp
 
     torch.testing.assert_close(warp(texture, grid), texture, rtol=0, atol=1e-6)
     assert grid[0, 0, -1, 0] > 0.99 and grid[0, -1, 0, 1] > 0.99  # channel 0 is x (width), 1 is y
@@ -119,7 +119,7 @@ def test_frames_must_split_over_identities(tiny_model, inputs):
 @pytest.mark.parametrize("size", [32, 16, 8, 4, 6])
 def test_projector_resize_equals_the_official_adaptive_pool(size):
     """The exporter-friendly resize (repeat / avg pool) is bit-identical to adaptive_avg_pool2d."""
-    from reference.networks import _resize_embedding
+    from bilayer_mobile.reference.networks import _resize_embedding
 
     x = torch.randn(2, 5, 8, 8)
     assert torch.equal(_resize_embedding(x, size), torch.nn.functional.adaptive_avg_pool2d(x, (size, size)))

@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from reference.errors import InputError, NoFaceError
-from reference.face_samples import (
+from bilayer_mobile.reference.errors import InputError, NoFaceError
+from bilayer_mobile.reference.face_samples import (
     FLIP_PERMUTATION,
     FacePhoto,
     augmented_crops,
     flip_photo,
     perturb_keypoints,
 )
-from reference.landmarks import detect_landmarks
-from reference.preprocessing import (
+from bilayer_mobile.reference.landmarks import detect_landmarks
+from bilayer_mobile.reference.preprocessing import (
     STICKMAN_PARTS,
     crop_face,
     draw_stickmen,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from reference import fold_spectral_norm
+from bilayer_mobile.reference import fold_spectral_norm
 
 
 @pytest.mark.parametrize("module", [nn.Conv2d(6, 16, 3, padding=1), nn.Linear(40, 24), nn.Conv2d(8, 4, 1)],

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime_bench.compare import THRESHOLDS_DB, compare_output, cosine, psnr_db, uv_error_px
+from bilayer_mobile.runtime_bench.compare import THRESHOLDS_DB, compare_output, cosine, psnr_db, uv_error_px
 
 
 def test_psnr_uses_reference_range_as_peak():
@@ -37,7 +37,7 @@ def test_thresholds_are_ordered_by_precision():
 
 
 def test_warp_px_measures_the_displacement_from_the_identity_grid():
-    from runtime_bench.compare import pixel_centre_grid, warp_px
+    from bilayer_mobile.runtime_bench.compare import pixel_centre_grid, warp_px
 
     grid = pixel_centre_grid(64)
     assert warp_px(grid[None], 64) == pytest.approx(0.0, abs=1e-12)
@@ -47,7 +47,7 @@ def test_warp_px_measures_the_displacement_from_the_identity_grid():
 
 
 def test_uv_tolerance_grows_with_the_warp_and_keeps_its_floor():
-    from runtime_bench.compare import UV_TOLERANCE
+    from bilayer_mobile.runtime_bench.compare import UV_TOLERANCE
 
     for precision, tolerance in UV_TOLERANCE.items():
         assert tolerance.limit_px(0.0) == tolerance.floor_px

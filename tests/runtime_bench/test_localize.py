@@ -16,19 +16,19 @@ import onnx
 import pytest
 import torch
 
-from export.calibration import frame_feeds, photo_clips
-from export.graphs import FrameGraph, adaptive_layout
-from export.onnx_export import export_onnx
-from export.tflite import export_tflite
-from runtime_bench.localize import Localization, localize_divergence
-from runtime_bench.validate import localization_line, localize_failure
+from bilayer_mobile.export.calibration import frame_feeds, photo_clips
+from bilayer_mobile.export.graphs import FrameGraph, adaptive_layout
+from bilayer_mobile.export.onnx_export import export_onnx
+from bilayer_mobile.export.tflite import export_tflite
+from bilayer_mobile.runtime_bench.localize import Localization, localize_divergence
+from bilayer_mobile.runtime_bench.validate import localization_line, localize_failure
 
 FRAME_OUTPUTS = ["image", "mask", "uv", "lowfreq"]
 
 
 @pytest.fixture(scope="module")
 def artifacts(tiny_model, tmp_path_factory):
-    from reference.default_model import DefaultModelRecipe, build_default_model
+    from bilayer_mobile.reference.default_model import DefaultModelRecipe, build_default_model
 
     logging.disable(logging.WARNING)
     try:

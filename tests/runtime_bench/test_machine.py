@@ -5,7 +5,7 @@ import platform
 
 import pytest
 
-from runtime_bench.machine import describe_machine, int8_dot_product, machine_line, same_kernels
+from bilayer_mobile.runtime_bench.machine import describe_machine, int8_dot_product, machine_line, same_kernels
 
 AVX2_ONLY = "cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7763\nflags\t\t: fpu sse4_1 avx fma f16c avx2 bmi2\n"
 VNNI = "model name\t: Intel Xeon Platinum 8375C\nflags\t\t: avx2 fma f16c avx512f avx512bw avx512_vnni\n"
