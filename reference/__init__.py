@@ -3,12 +3,11 @@
 Public API::
 
     from bilayer_mobile.reference import BilayerConfig, BilayerModel, load_official_checkpoint
-    model = BilayerModel(BilayerConfig.paper()).eval()
-    model.load_official_state_dicts({...})
+    model = load_official_checkpoint("runs/<experiment>")  # or load_official_state_dicts(model, {...})
     state = model.init_identity(image, keypoints)
     out = model.render(state, keypoints)
 """
-from .checkpoint import fold_spectral_norm, load_official_checkpoint
+from .checkpoint import fold_spectral_norm, load_official_checkpoint, load_official_state_dicts
 from .config import BilayerConfig
 from .errors import BilayerError, CheckpointError, ConfigError, InputError, NoFaceError
 from .model import BilayerModel, IdentityState, RenderOutput
@@ -19,6 +18,7 @@ __all__ = [
     "IdentityState",
     "RenderOutput",
     "load_official_checkpoint",
+    "load_official_state_dicts",
     "fold_spectral_norm",
     "BilayerError",
     "CheckpointError",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from torch import nn
 
 from .config import BASE_NETWORK_NAMES, NETWORK_NAMES, BilayerConfig, read_args_txt, resolve_config
 from .errors import CheckpointError, ConfigError
@@ -50,6 +51,54 @@ def fold_spectral_norm(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         else:
             out[key] = value
     return out
+
+
+def load_official_state_dicts(model: BilayerModel, state_dicts: Mapping[str, Mapping[str, Tensor]]) -> BilayerModel:
+    """Load official per-network state dicts (spectral-norm or plain form) into `model`.
+
+    The four base networks are required; `texture_enhancer` is optional and switches the
+    enhancer on. Spectral norm is folded into plain weights first. Missing or unexpected
+    keys and shape mismatches raise `CheckpointError` naming the network and the key.
+    """
+    missing = [n for n in BASE_NETWORK_NAMES if n not in state_dicts]
+    if missing:
+        raise CheckpointError(f"state dicts for {', '.join(missing)} are missing; the four base networks are required")
+    unknown = sorted(set(state_dicts) - set(NETWORK_NAMES))
+    if unknown:
+        raise CheckpointError(f"unknown network name(s) {unknown}; expected some of {list(NETWORK_NAMES)}")
+    for name, state_dict in state_dicts.items():
+        load_network_state_dict(name, getattr(model, name), fold_spectral_norm(state_dict))
+    model.has_enhancer = "texture_enhancer" in state_dicts
+    return model
+
+
+def load_network_state_dict(name: str, network: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Strictly load one network's plain state dict with errors that name key and shapes."""
+    expected = network.state_dict()
+    # Shape mismatches first: they say most about a wrong config (e.g. a 1088-wide first
+    # keypoints layer means harmonic encoding, with an extra `frequencies` buffer).
+    for key, value in state_dict.items():
+        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{name}: key {key!r} has shape {tuple(value.shape)} in the checkpoint, but the "
+                f"architecture expects {tuple(expected[key].shape)}. The config does not match this "
+                "checkpoint: pass the run's args.txt or let the config be inferred from the checkpoint "
+                "(load_official_checkpoint does)."
+            )
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(
+            f"{name}: checkpoint does not match the architecture: {'; '.join(parts)}. "
+            "Check that the checkpoint is an official bi-layer state dict of this network and that "
+            "the config (args.txt) matches the run that wrote it."
+        )
+    network.load_state_dict(dict(state_dict), strict=True)
 
 
 def _torch_load(path: Path) -> dict[str, Tensor]:
@@ -137,7 +186,5 @@ def load_official_checkpoint(
         )
     state_dicts = {name: _torch_load(p) for name, p in files.items()}
     config = resolve_config(state_dicts, args)
-    model = BilayerModel(config)
-    model.load_official_state_dicts(state_dicts)
-    return model.eval()
+    return load_official_state_dicts(BilayerModel(config), state_dicts).eval()
 

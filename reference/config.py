@@ -142,9 +142,6 @@ class BilayerConfig:
             return self.pse_in_channels * self.pse_num_harmonics * 2
         return self.pse_in_channels
 
-    def replace(self, **changes) -> "BilayerConfig":
-        return dataclasses.replace(self, **changes)
-
 
 _FIELDS = {f.name: f for f in dataclasses.fields(BilayerConfig)}
 
@@ -204,10 +201,6 @@ def config_values_from_args(args: Mapping[str, str]) -> dict[str, object]:
             except (ValueError, ConfigError) as exc:
                 raise ConfigError(f"args.txt key {key}: cannot parse {raw!r} ({exc})") from None
     return values
-
-
-def _level_channels(num: int, maximum: int, exponent: int) -> int:
-    return min(int(num * 2**exponent), maximum)
 
 
 def config_values_from_state_dicts(state_dicts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, object]:

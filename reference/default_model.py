@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import load_official_state_dicts
 from .config import BilayerConfig
 from .face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
 from .model import BilayerModel
@@ -196,7 +197,7 @@ def default_model(config: BilayerConfig | None = None, recipe: DefaultModelRecip
     path = cache_dir() / f"default-{recipe.key(config)}.pt"
     if use_cache and path.is_file():
         model = BilayerModel(config)
-        model.load_official_state_dicts(torch.load(path, map_location="cpu", weights_only=True))
+        load_official_state_dicts(model, torch.load(path, map_location="cpu", weights_only=True))
         return model.eval()
     model = build_default_model(config, recipe, progress=progress)
     if use_cache:

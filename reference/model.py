@@ -10,14 +10,12 @@ on for the enhancer).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BASE_NETWORK_NAMES, NETWORK_NAMES, BilayerConfig
-from .errors import CheckpointError, InputError
+from .config import NETWORK_NAMES, BilayerConfig
+from .errors import InputError
 from .networks import (
     IdentityEmbedder,
     InferenceGenerator,
@@ -58,16 +56,6 @@ class IdentityState:
             adaptive_params=[(pick(w), pick(b)) for w, b in self.adaptive_params],
             enhanced_texture=None if self.enhanced_texture is None else pick(self.enhanced_texture),
         )
-
-    def named_tensors(self) -> dict[str, Tensor]:
-        """Flat name -> tensor view (adaptive entries as `adaptive_XX_weight/_bias`)."""
-        out = {"texture": self.texture}
-        if self.enhanced_texture is not None:
-            out["enhanced_texture"] = self.enhanced_texture
-        for i, (w, b) in enumerate(self.adaptive_params):
-            out[f"adaptive_{i:02d}_weight"] = w
-            out[f"adaptive_{i:02d}_bias"] = b
-        return out
 
 
 @dataclass
@@ -121,26 +109,6 @@ class BilayerModel(nn.Module):
     # ---------------------------------------------------------------- weights
     def networks(self) -> dict[str, nn.Module]:
         return {name: getattr(self, name) for name in NETWORK_NAMES}
-
-    def load_official_state_dicts(self, state_dicts: Mapping[str, Mapping[str, Tensor]]) -> "BilayerModel":
-        """Load official per-network state dicts (spectral-norm or plain form).
-
-        The four base networks are required; `texture_enhancer` is optional and switches the
-        enhancer on. Spectral norm is folded into plain weights first. Missing or unexpected
-        keys and shape mismatches raise `CheckpointError` naming the network and the key.
-        """
-        from .checkpoint import fold_spectral_norm
-
-        missing = [n for n in BASE_NETWORK_NAMES if n not in state_dicts]
-        if missing:
-            raise CheckpointError(f"state dicts for {', '.join(missing)} are missing; the four base networks are required")
-        unknown = sorted(set(state_dicts) - set(NETWORK_NAMES))
-        if unknown:
-            raise CheckpointError(f"unknown network name(s) {unknown}; expected some of {list(NETWORK_NAMES)}")
-        for name, state_dict in state_dicts.items():
-            load_network_state_dict(name, getattr(self, name), fold_spectral_norm(state_dict))
-        self.has_enhancer = "texture_enhancer" in state_dicts
-        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -200,16 +168,21 @@ class BilayerModel(nn.Module):
         else:
             stickman = self._check_image("stickman", stickman, 3)
 
-        embedder_input = mask_image(image, mask) if cfg.emb_apply_masks else image
-        if not cfg.emb_no_stickman:
-            embedder_input = torch.cat([embedder_input, stickman], dim=1)
-        embeddings = self.identity_embedder(embedder_input)
-        texture = self.texture_generator(embeddings)
-        params = self.inference_generator.adaptive_params(embeddings)
+        texture, params = self.embed_identity(image, stickman, mask)
         state = IdentityState(texture=texture, adaptive_params=params)
         if self.has_enhancer:
             state.enhanced_texture = self.enhance_texture(texture, image, keypoints, params)
         return state
+
+    def embed_identity(self, image: Tensor, stickman: Tensor, mask: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """The identity embedder, texture generator and adaptive-parameter projection on checked
+        inputs: (texture [B, 3, H, W], adaptive parameters in assignment order)."""
+        cfg = self.config
+        embedder_input = mask_image(image, mask) if cfg.emb_apply_masks else image
+        if not cfg.emb_no_stickman:
+            embedder_input = torch.cat([embedder_input, stickman], dim=1)
+        embeddings = self.identity_embedder(embedder_input)
+        return self.texture_generator(embeddings), self.inference_generator.adaptive_params(embeddings)
 
     def _predict(self, keypoints: Tensor, params) -> tuple[Tensor, Tensor, Tensor]:
         pose = self.keypoints_embedder(keypoints)
@@ -218,22 +191,25 @@ class BilayerModel(nn.Module):
         mask = torch.sigmoid(seg_logits) if seg_logits is not None else torch.ones_like(lowfreq[:, :1])
         return uv, lowfreq, mask
 
-    def enhance_texture(self, texture: Tensor, source_image: Tensor, source_keypoints: Tensor, params) -> Tensor:
+    def enhance_texture(self, texture: Tensor, source_image: Tensor, source_keypoints: Tensor, params,
+                        loss_gradient=None) -> Tensor:
         """The enhancer's unrolled refinement of the texture (official test-time path).
 
         Each step takes the gradient, w.r.t. the texture, of the guiding loss between the
         source image and its reconstruction `lowfreq + warp(texture)` (both masked by the
         predicted source segmentation), feeds [texture, gradient] to the enhancer and adds
-        tanh of its output to the texture.
+        tanh of its output to the texture. `loss_gradient` computes that gradient (default:
+        autograd, as the official code; an exportable graph passes an explicit adjoint with the
+        same signature as `reconstruction_loss_gradient`).
         """
+        loss_gradient = loss_gradient or reconstruction_loss_gradient
         cfg = self.config
         uv, lowfreq, seg = self._predict(source_keypoints, params)
         use_seg = cfg.inf_pred_segmentation
         target = mask_image(source_image, seg) if use_seg else source_image
         enhanced = texture
         for _ in range(cfg.enh_unrolling_depth):
-            grad = reconstruction_loss_gradient(enhanced, target, lowfreq, uv, seg if use_seg else None,
-                                                cfg.enh_guiding_rgb_loss_type)
+            grad = loss_gradient(enhanced, target, lowfreq, uv, seg if use_seg else None, cfg.enh_guiding_rgb_loss_type)
             update = self.texture_enhancer(torch.cat([enhanced, grad], dim=1))
             enhanced = enhanced + torch.tanh(update[:, :3])
         return enhanced
@@ -278,32 +254,3 @@ def reconstruction_loss_gradient(texture: Tensor, target: Tensor, lowfreq: Tenso
         loss = (diff**2).sum() / 2 if loss_type == "sse" else diff.abs().sum()
         (grad,) = torch.autograd.grad(loss, leaf)
     return grad
-
-
-def load_network_state_dict(name: str, network: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Strictly load one network's plain state dict with errors that name key and shapes."""
-    expected = network.state_dict()
-    # Shape mismatches first: they say most about a wrong config (e.g. a 1088-wide first
-    # keypoints layer means harmonic encoding, with an extra `frequencies` buffer).
-    for key, value in state_dict.items():
-        if key in expected and tuple(value.shape) != tuple(expected[key].shape):
-            raise CheckpointError(
-                f"{name}: key {key!r} has shape {tuple(value.shape)} in the checkpoint, but the "
-                f"architecture expects {tuple(expected[key].shape)}. The config does not match this "
-                "checkpoint: pass the run's args.txt or let the config be inferred from the checkpoint "
-                "(load_official_checkpoint does)."
-            )
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        raise CheckpointError(
-            f"{name}: checkpoint does not match the architecture: {'; '.join(parts)}. "
-            "Check that the checkpoint is an official bi-layer state dict of this network and that "
-            "the config (args.txt) matches the run that wrote it."
-        )
-    network.load_state_dict(dict(state_dict), strict=True)

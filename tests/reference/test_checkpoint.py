@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bilayer_mobile.reference import BilayerConfig, BilayerModel, CheckpointError, ConfigError, load_official_checkpoint
+from bilayer_mobile.reference import (BilayerConfig, BilayerModel, CheckpointError, ConfigError, load_official_checkpoint,
+                                      load_official_state_dicts)
 from bilayer_mobile.reference.config import NETWORK_NAMES, read_args_txt, resolve_config
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
@@ -70,7 +71,7 @@ def test_plain_and_spectral_forms_agree(manifest, tmp_path):
     sn = synthetic_state_dicts(manifest, "with_spectral_norm", seed=1)
     net = "keypoints_embedder"
     model = BilayerModel(dataclasses.replace(BilayerConfig.paper(), pse_use_harmonic_enc=True))
-    model.load_official_state_dicts({n: sn[n] for n in NETWORK_NAMES})
+    load_official_state_dicts(model, {n: sn[n] for n in NETWORK_NAMES})
     w = sn[net]["net.mlp.2.weight_orig"]
     sigma = sn[net]["net.mlp.2.weight_u"] @ (w @ sn[net]["net.mlp.2.weight_v"])
     torch.testing.assert_close(model.keypoints_embedder.net.mlp[2].weight, w / sigma, rtol=0, atol=0)
@@ -80,7 +81,7 @@ def test_paper_config_rejects_harmonic_keypoints_embedder_with_named_shape(manif
     sds = synthetic_state_dicts(manifest, "after_remove_spectral_norm")
     model = BilayerModel(BilayerConfig.paper())
     with pytest.raises(CheckpointError) as err:
-        model.load_official_state_dicts(sds)
+        load_official_state_dicts(model, sds)
     message = str(err.value)
     assert "keypoints_embedder" in message and "'net.mlp.0.weight'" in message
     assert "(256, 1088)" in message and "(256, 136)" in message
