@@ -18,6 +18,7 @@ from torch import nn
 from .config import BASE_NETWORK_NAMES, NETWORK_NAMES, BilayerConfig, read_args_txt, resolve_config
 from .errors import CheckpointError, ConfigError
 from .model import BilayerModel
+from .user_files import load_torch_file
 
 Tensor = torch.Tensor
 _EPOCH_FILE = re.compile(r"^(\d+)_(" + "|".join(NETWORK_NAMES) + r")\.pth$")
@@ -102,14 +103,17 @@ def load_network_state_dict(name: str, network: nn.Module, state_dict: Mapping[s
 
 
 def _torch_load(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}. Is it a PyTorch state dict?") from None
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors (an official per-network .pth file)")
+    state = load_torch_file(path, "checkpoint", CheckpointError)
+    fix = ("each checkpoints/<epoch>_<network>.pth must hold one network's state_dict() alone: "
+           "torch.save(net.state_dict(), path)")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"cannot read checkpoint {path}: it holds a {type(state).__name__}, not a state dict "
+                              f"(a dict of tensors); {fix}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            # typically {'state_dict': ..., 'optimizer': ..., 'epoch': ...} from a training loop
+            raise CheckpointError(f"cannot read checkpoint {path}: it is a dict but entry {str(key)[:60]!r} holds a "
+                                  f"{type(value).__name__}, not a tensor (a training checkpoint?); {fix}")
     return dict(state)
 
 

@@ -20,7 +20,8 @@ from typing import Mapping
 
 import torch
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
+from .user_files import read_text
 
 NETWORK_NAMES = (
     "identity_embedder",
@@ -159,9 +160,16 @@ def _parse_value(raw: str, like):
 
 
 def read_args_txt(path: Path) -> dict[str, str]:
-    """Read an official `args.txt` (one `key: value` per line) into a dict of raw strings."""
+    """Read an official `args.txt` (one `key: value` per line) into a dict of raw strings.
+
+    A missing, empty, binary or non-UTF-8 file raises `CheckpointError` naming it (args.txt is
+    part of the run directory); a line that is not `key: value` raises `ConfigError`.
+    """
+    text = read_text(path, "args.txt", CheckpointError,
+                     fix="restore the args.txt the training run wrote (UTF-8 text, one 'key: value' per line), "
+                         "or remove it to infer the config from the checkpoint alone")
     values: dict[str, str] = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition(": ")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from .errors import InputError
+from .user_files import load_npy_array, open_image
 
 # (point indices, closed, colour) of the 68-point ("2d") stickman, in drawing order.
 STICKMAN_PARTS: tuple[tuple[tuple[int, ...], bool, tuple[int, int, int]], ...] = (
@@ -69,29 +70,23 @@ def tensor_to_image(tensor: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).numpy()
 
 
-def load_rgb(path: Path | str) -> np.ndarray:
+def load_rgb(path: Path | str, what: str = "image") -> np.ndarray:
     """Read an 8-bit RGB image file (JPEG, PNG, ...) as uint8 HxWx3.
 
     Other channel layouts (greyscale, RGBA, CMYK, 16-bit) are rejected rather than guessed at:
     the model was trained on RGB photos, and an alpha channel usually means a composited image.
+    Missing, empty, truncated or non-image files raise `InputError` naming the file (`what`
+    says which input it is, e.g. "calibration frame").
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode, bands = img.mode, len(img.getbands())
-            if mode != "RGB":
-                raise InputError(
-                    f"image {path} has mode {mode} ({bands} channel{'s' if bands != 1 else ''}); expected 8-bit RGB "
-                    "(3 channels). Convert it first, e.g. PIL: Image.open(p).convert('RGB').save(q)"
-                )
-            return np.asarray(img)
-    except InputError:
-        raise
-    except Exception as exc:  # PIL raises many types for unreadable files
-        raise InputError(f"cannot read image {path}: {exc}") from None
+    img = open_image(path, what, InputError)
+    mode, bands = img.mode, len(img.getbands())
+    if mode != "RGB":
+        raise InputError(
+            f"{what} {path} has mode {mode} ({bands} channel{'s' if bands != 1 else ''}); expected 8-bit RGB "
+            "(3 channels). Convert it first, e.g. PIL: Image.open(p).convert('RGB').save(q)"
+        )
+    return np.asarray(img)
 
 
 def normalise_keypoints(points: np.ndarray, crop_size: float) -> torch.Tensor:
@@ -141,10 +136,7 @@ def crop_face(image: np.ndarray, landmarks: np.ndarray, image_size: int = 256) -
 def load_landmarks_npy(path: Path | str) -> np.ndarray:
     """Landmarks from an official-dataset style `.npy`: [68, 2] (or [68, 3], z ignored) in pixels."""
     path = Path(path)
-    try:
-        points = np.load(path)
-    except Exception as exc:
-        raise InputError(f"cannot read keypoints {path}: {exc}") from None
+    points = load_npy_array(path, "keypoints", InputError)
     if points.ndim != 2 or points.shape[0] != 68 or points.shape[1] not in (2, 3):
         raise InputError(f"keypoints {path} have shape {points.shape}, expected (68, 2) pixel coordinates")
     points = points[:, :2].astype(np.float32)
