@@ -179,16 +179,13 @@ def _driver_keypoints(path: Path, image_size: int, keypoints_size: int | None, c
     import torch
 
     from bilayer_mobile.reference.preprocessing import load_landmarks_npy, normalise_keypoints
+    from bilayer_mobile.reference.user_files import load_npy_array
 
-    if path.suffix.lower() == ".npy":
-        if not path.is_file():
+    # an .npz is keypoints in the wrong container, not a photo: say so instead of "not an image"
+    if path.suffix.lower() in (".npy", ".npz"):
+        if not path.exists():
             raise InputError(f"driver keypoints {path} do not exist")
-        try:
-            raw = np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise InputError(f"cannot read driver keypoints {path}: {exc}") from None
-        if not isinstance(raw, np.ndarray):
-            raise InputError(f"driver keypoints {path} is not a single .npy array (an .npz archive?)")
+        raw = load_npy_array(path, "driver keypoints", InputError)
         if raw.shape == (136,):
             kp = torch.from_numpy(raw.astype(np.float32))
             if not torch.isfinite(kp).all():
@@ -439,11 +436,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BilayerError as exc:
-        print(f"bilayer-mobile {args.command}: error: {exc}", file=sys.stderr)
+        # one line whatever the message holds: a wrapped library message may span several
+        print(f"bilayer-mobile {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # a bug, not a user error: one line by default, the traceback on request
+        if os.environ.get("BILAYER_MOBILE_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"bilayer-mobile {args.command}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(set BILAYER_MOBILE_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

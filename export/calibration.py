@@ -46,7 +46,12 @@ def photo_clips(count: int, frames: int, seed: int, photos_dir: Path | str = DEF
 
 def dataset_clips(data_root: Path | str, split: str = "test", max_clips: int = 16, frames: int = 4,
                   image_size: int = 256) -> list[FaceClip]:
-    """Clips from the official dataset layout (see the module docstring)."""
+    """Clips from the official dataset layout (see the module docstring).
+
+    A missing, empty or corrupt frame, keypoint file or mask raises `InputError` naming it.
+    """
+    from ..reference.user_files import open_image
+
     root = Path(data_root)
     imgs = root / "imgs" / split
     if not imgs.is_dir():
@@ -59,7 +64,7 @@ def dataset_clips(data_root: Path | str, split: str = "test", max_clips: int = 1
         rel = seq.relative_to(imgs)
         keypoints, images = [], []
         for f in frame_files:
-            image = load_rgb(f)
+            image = load_rgb(f, "calibration frame")
             points = load_landmarks_npy(root / "keypoints" / split / rel / (f.stem + ".npy"))
             keypoints.append(normalise_keypoints(points, image.shape[1]))
             images.append(image)
@@ -73,7 +78,8 @@ def dataset_clips(data_root: Path | str, split: str = "test", max_clips: int = 1
         if seg.is_file():
             from PIL import Image
 
-            m = Image.open(seg).convert("L").resize((image_size, image_size), Image.BILINEAR)
+            m = open_image(seg, "segmentation mask", InputError).convert("L").resize((image_size, image_size),
+                                                                                  Image.BILINEAR)
             mask = torch.from_numpy(np.asarray(m, np.float32) / 255.0)[None]
         clips.append(FaceClip(image_to_tensor(source), keypoints[0], torch.stack(keypoints[1:]), mask))
         if len(clips) >= max_clips:

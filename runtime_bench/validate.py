@@ -44,13 +44,21 @@ def sha256_file(path: Path) -> str:
 
 
 def load_manifest(bundle: Path) -> dict:
+    """The bundle's manifest.json as a dict with at least "artifacts" (a list) and "model".
+
+    A missing, empty, binary, non-UTF-8 or invalid-JSON manifest, or one without those keys,
+    raises `BundleError` naming the file and saying to re-export.
+    """
+    from ..reference.user_files import read_json_object
+
     path = Path(bundle) / "manifest.json"
     if not path.is_file():
         raise BundleError(f"{bundle} has no manifest.json; is it a bundle written by `bilayer-mobile export`?")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from None
+    fix = "the bundle is damaged: re-run `bilayer-mobile export` to write it again"
+    manifest = read_json_object(path, "bundle manifest", BundleError, required=("artifacts", "model"), fix=fix)
+    if not isinstance(manifest["artifacts"], list):
+        raise BundleError(f"cannot read bundle manifest {path}: its 'artifacts' is not a list; {fix}")
+    return manifest
 
 
 def runnable_rejected(manifest: dict) -> list[dict]:
