@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup test test-fast bundle validate info clean
+.PHONY: setup test test-fast bundle validate info docs clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ validate: $(STAMP)
 
 info: $(STAMP)
 	$(BIN)/bilayer-mobile info
+
+# Regenerate the tables of docs/contract.md from the graphs' own contract (tests check they are current).
+docs: $(STAMP)
+	$(BIN)/bilayer-mobile contract --update-doc docs/contract.md
 
 clean:
 	rm -rf $(OUT) .pytest_cache

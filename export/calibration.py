@@ -10,17 +10,20 @@ Two sources:
   `segs/.../FRAME.png` masks. The first frame of a sequence is the source, the rest drive it.
 
 Calibration and evaluation use different seeds (or different sequences), so a parity figure is
-never measured on the data a quantizer was calibrated on.
+never measured on the data a quantizer was calibrated on (`DataSets`); when the data run short
+the export stops with an error instead of calibrating on the golden set.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..reference.errors import InputError
+from .errors import ExportError
+from .graphs import pack_adaptive_params
 from ..reference.face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
 from ..reference.model import BilayerModel
 from ..reference.preprocessing import draw_stickmen, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
@@ -34,13 +37,16 @@ class FaceClip:
     keypoints: torch.Tensor  # [136]
     drivers: torch.Tensor  # [T, 136]
     mask: torch.Tensor | None = None  # [1, S, S] in [0, 1]
+    identity: str = ""  # the photo or dataset sequence it comes from
 
 
 def photo_clips(count: int, frames: int, seed: int, photos_dir: Path | str = DEFAULT_PHOTOS_DIR,
                 image_size: int = 256) -> list[FaceClip]:
     """`count` augmented identities from photos, each with `frames` perturbed driving poses."""
-    crops = augmented_crops(load_face_photos(photos_dir), count, seed=seed, image_size=image_size)
-    return [FaceClip(c.image, c.keypoints, perturb_keypoints(c.keypoints, frames, seed=seed * 1000 + i))
+    photos = load_face_photos(photos_dir)
+    crops = augmented_crops(photos, count, seed=seed, image_size=image_size)
+    return [FaceClip(c.image, c.keypoints, perturb_keypoints(c.keypoints, frames, seed=seed * 1000 + i),
+                     identity=photos[i % len(photos)].name)
             for i, c in enumerate(crops)]
 
 
@@ -81,12 +87,53 @@ def dataset_clips(data_root: Path | str, split: str = "test", max_clips: int = 1
             m = open_image(seg, "segmentation mask", InputError).convert("L").resize((image_size, image_size),
                                                                                   Image.BILINEAR)
             mask = torch.from_numpy(np.asarray(m, np.float32) / 255.0)[None]
-        clips.append(FaceClip(image_to_tensor(source), keypoints[0], torch.stack(keypoints[1:]), mask))
+        clips.append(FaceClip(image_to_tensor(source), keypoints[0], torch.stack(keypoints[1:]), mask, str(rel)))
         if len(clips) >= max_clips:
             break
     if not clips:
         raise InputError(f"no sequence under {imgs} has 2+ frames with keypoints")
     return clips
+
+
+@dataclass
+class DataSets:
+    """The golden set (parity is measured on it) and the calibration set (int8 ranges), never
+    the same clips, with the identities each one used (recorded in the manifest)."""
+
+    golden: list[FaceClip]
+    calibration: list[FaceClip]
+    source: str
+    golden_identities: list[str] = field(default_factory=list)
+    calibration_identities: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, config, image_size: int) -> "DataSets":
+        """Both sets for an `ExportConfig`: from `config.data_root` (dataset layout) or the photos."""
+        if config.data_root:
+            wanted = config.golden_identities + config.calibration_identities
+            clips = dataset_clips(config.data_root, max_clips=wanted,
+                                  frames=max(config.calibration_frames, config.golden_frames), image_size=image_size)
+            if len(clips) <= config.golden_identities:
+                raise ExportError(
+                    f"{config.data_root} has {len(clips)} usable sequence(s); the golden set takes "
+                    f"{config.golden_identities} and calibration needs at least one more (and should have "
+                    f"{config.calibration_identities}): add sequences, or export without --data-root")
+            golden, calibration, source = clips[: config.golden_identities], clips[config.golden_identities:], \
+                str(config.data_root)
+        else:
+            golden = photo_clips(config.golden_identities, config.golden_frames, config.seed, image_size=image_size)
+            calibration = photo_clips(config.calibration_identities, config.calibration_frames, config.seed + 1,
+                                      image_size=image_size)
+            source = "packaged photos, augmented"
+        names = lambda clips: sorted({c.identity for c in clips})
+        return cls(golden, calibration, source, names(golden), names(calibration))
+
+    def describe(self) -> dict:
+        """The manifest's record of both sets."""
+        entry = lambda clips, names: {"clips": len(clips), "frames_per_clip": int(clips[0].drivers.shape[0]),
+                                      "identities": names}
+        return {"source": self.source, "golden": entry(self.golden, self.golden_identities),
+                "calibration": entry(self.calibration, self.calibration_identities)}
 
 
 def identity_feeds(clips: list[FaceClip], image_size: int = 256) -> list[dict[str, np.ndarray]]:
@@ -132,13 +179,11 @@ def frame_feeds(model: BilayerModel, clips: list[FaceClip], states: list | None 
     same clips), so frame-graph parity is measured on exactly the texture and parameters a
     correct identity graph produces.
     """
-    from .graphs import pack_adaptive_params
-
     states = identity_states(model, clips) if states is None else states
     feeds = []
     for c, state in zip(clips, states, strict=True):
         texture = state.enhanced_texture if state.enhanced_texture is not None else state.texture
-        flat = pack_adaptive_params(state)
+        flat = pack_adaptive_params(state.adaptive_params)
         for kp in c.drivers:
             feeds.append({"keypoints": kp[None].numpy(), "texture": texture.numpy(),
                           "adaptive_params": flat.numpy()})

@@ -18,7 +18,7 @@ Pipeline (one function, `export_onnx`):
 3. **Contiguous constants**: every initializer and `Constant` tensor is re-serialised from a
    C-contiguous array (module parameters/buffers are made contiguous before tracing too; a
    converter that keeps a constant as a strided view can silently compute garbage).
-4. **Precision** (`PRECISIONS`):
+4. **Precision** (`export.precisions`):
    - `fp32`: as exported;
    - `fp16`: float16 weights and activations, float32 graph inputs/outputs
      (`onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)`);
@@ -37,12 +37,13 @@ Pipeline (one function, `export_onnx`):
    kernel: measured 35.7 dB on both kinds of x86 (docs/export.md, "int8 on any CPU");
    - `int8_full` (tests and demonstrations only): static int8 of every float op type in the
      graph, to show that the parity gate catches a quantized warp.
-5. `onnx.checker.check_model(full_check=True)` and an **atomic write** (temp file + rename).
+5. `onnx.checker.check_model(full_check=True)` and an **atomic write** (`reference.files`).
+
+`OnnxTarget` is this module's entry in the target registry (`export.targets`).
 """
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 import time
 from collections import Counter
@@ -55,8 +56,11 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8")
-TEST_ONLY_PRECISIONS = ("int8_full",)
+from ..reference.files import write_bytes_atomic
+from .errors import ConversionError, ExportError
+from .precisions import PRECISIONS, SHIPPING_PRECISIONS, needs_calibration
+from .target import ArtifactNotes, Target, converting, output_names
+
 OPSET = 18
 
 # Op types that take static int8 in the mixed recipe: the MAC-heavy ops, whose inputs are
@@ -94,8 +98,24 @@ class OnnxExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-class OnnxExportError(RuntimeError):
-    """The export, simplification, conversion or check of an ONNX graph failed."""
+class OnnxTarget(Target):
+    """ONNX files, run by onnxruntime (CPU provider here; other providers on devices)."""
+
+    name = "onnx"
+    extension = ".onnx"
+    runtime = "onnxruntime"
+    precisions = SHIPPING_PRECISIONS
+    limitations = {"dynamic shapes": "static shapes only (those of the contract)"}
+
+    def convert_float(self, graph, example_inputs):
+        with converting(f"ONNX export of the {graph.name} graph"):
+            return convert_float(graph, example_inputs, output_names(graph))
+
+    def export(self, graph, example_inputs, precision, path, calibration=None, float_model=None) -> ArtifactNotes:
+        with converting(f"ONNX {precision} conversion of the {graph.name} graph"):
+            result = export_onnx(graph, example_inputs, output_names(graph), path, precision, calibration,
+                                 float_model=float_model)
+        return ArtifactNotes(result.float_ops, result.notes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,7 +126,7 @@ def convert_float(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
     """Steps 1-3: the fp32 ModelProto of `module` (dynamo export, onnxslim, contiguous constants)
     and notes on how it was made. Every precision of `export_onnx` starts from this model."""
     if not example_inputs:
-        raise ValueError("example_inputs is empty")
+        raise ExportError("example_inputs is empty")
     t0 = time.perf_counter()
     model = torch_to_onnx(module, example_inputs, output_names)
     notes = [f"exported with the dynamo exporter, opset {OPSET}, static shapes "
@@ -138,12 +158,12 @@ def export_onnx(
     once for all its precisions). The model is not modified.
     """
     path = Path(path)
-    if precision not in PRECISIONS + TEST_ONLY_PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS} (or test-only {TEST_ONLY_PRECISIONS})")
-    if precision in ("int8", "int8_full") and not calibration:
-        raise ValueError(f"precision {precision!r} needs calibration feeds (list of dicts input name -> array)")
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if needs_calibration(precision) and not calibration:
+        raise ExportError(f"precision {precision!r} needs calibration feeds (list of dicts input name -> array)")
     if not example_inputs:
-        raise ValueError("example_inputs is empty")
+        raise ExportError("example_inputs is empty")
     if float_model is None:
         model, notes = convert_float(module, example_inputs, output_names)
     else:
@@ -151,7 +171,7 @@ def export_onnx(
         model, notes = float_model[0], list(float_model[1]) + ["derived from the graph's one fp32 export"]
         got = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
         if got != (list(example_inputs), list(output_names)):
-            raise ValueError(f"float_model has inputs/outputs {got}, not {list(example_inputs)} -> {list(output_names)}")
+            raise ExportError(f"float_model has inputs/outputs {got}, not {list(example_inputs)} -> {list(output_names)}")
 
     float_ops: dict[str, int] | None = None
     if precision == "fp16":
@@ -185,7 +205,7 @@ def export_onnx(
     if precision != "fp32":  # the fp32 model's constants were made contiguous by convert_float
         model = contiguous_constants(model)
     check(model)
-    atomic_save(model, path)
+    write_bytes_atomic(path, model.SerializeToString())
     return OnnxExportResult(path=path, precision=precision, opset=opset_of(model), float_ops=float_ops, notes=notes)
 
 
@@ -217,12 +237,12 @@ def torch_to_onnx(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
                                         output_names=list(output_names), opset_version=OPSET,
                                         external_data=False, optimize=True, verbose=False, report=False)
         except Exception as exc:  # the exporter raises many types; name the graph and re-raise
-            raise OnnxExportError(f"torch.onnx.export (dynamo) failed for {type(module).__name__}: {exc}") from exc
+            raise ConversionError(f"torch.onnx.export (dynamo) failed for {type(module).__name__}: {exc}") from exc
     model = program.model_proto
     got_in = [i.name for i in model.graph.input]
     got_out = [o.name for o in model.graph.output]
     if got_in != input_names or got_out != list(output_names):
-        raise OnnxExportError(f"exported names {got_in} -> {got_out} differ from requested "
+        raise ConversionError(f"exported names {got_in} -> {got_out} differ from requested "
                               f"{input_names} -> {list(output_names)} (does the module return {len(output_names)} tensors?)")
     return model
 
@@ -241,7 +261,7 @@ def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
         del slim.graph.input[:]
         slim.graph.input.extend(kept.get(i.name, i) for i in original_inputs)
     if [i.name for i in slim.graph.input] != names_in or [o.name for o in slim.graph.output] != names_out:
-        raise OnnxExportError("onnxslim changed the graph's input/output names")
+        raise ConversionError("onnxslim changed the graph's input/output names")
     return slim
 
 
@@ -352,7 +372,7 @@ def quantize_int8_static(model: onnx.ModelProto, calibration: list[dict[str, np.
     input_names = [i.name for i in model.graph.input]
     missing = [k for k in input_names if k not in calibration[0]]
     if missing:
-        raise ValueError(f"calibration feeds lack inputs {missing}; they need {input_names}")
+        raise ExportError(f"calibration feeds lack inputs {missing}; they need {input_names}")
 
     class _Reader(FeedReader, CalibrationDataReader):
         pass
@@ -403,7 +423,7 @@ def toposort_(graph: onnx.GraphProto) -> None:
                 if waiting[c] == 0:
                     heapq.heappush(ready, c)
     if len(order) != len(nodes):
-        raise OnnxExportError("graph has a cycle or an input no node produces; cannot sort it")
+        raise ConversionError("graph has a cycle or an input no node produces; cannot sort it")
     del graph.node[:]
     graph.node.extend(nodes[k] for k in order)
 
@@ -412,21 +432,7 @@ def check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise OnnxExportError(f"onnx.checker (full_check) rejected the model: {exc}") from exc
-
-
-def atomic_save(model: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise ConversionError(f"onnx.checker (full_check) rejected the model: {exc}") from exc
 
 
 def opset_of(model: onnx.ModelProto) -> int:

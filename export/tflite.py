@@ -27,15 +27,17 @@ Precisions
 
 Known trap (litert-torch 0.10): constants that are strided views of a larger tensor convert
 without error into a wrong model. Every parameter, buffer and tensor attribute is therefore
-replaced by a contiguous copy before conversion, and nothing here trusts a conversion:
-`compare_with_torch` measures it, and the tests gate on it.
+replaced by a contiguous copy before conversion, and nothing here trusts a conversion: every
+artifact is run in LiteRT and gated against the reference (`runtime_bench.validate`), and the
+tests gate on it too.
+
+`TfliteTarget` is this module's entry in the target registry (`export.targets`).
 """
 from __future__ import annotations
 
 import copy
+import logging
 import os
-import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -46,9 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8")
-# Also accepted by export_tflite, for tests and reports that show why `int8` is restricted.
-DIAGNOSTIC_PRECISIONS = ("int8_full",)
+from ..reference.files import write_bytes_atomic
+from .errors import ConversionError, ExportError
+from .precisions import PRECISIONS, SHIPPING_PRECISIONS, needs_calibration
+from .target import ArtifactNotes, Target, converting, output_names
+
 SIGNATURE = "serving_default"
 # Op types that get static int8 (weights and activations) in the `int8` precision.
 INT8_STATIC_OPS = ("CONV_2D", "FULLY_CONNECTED")
@@ -81,8 +85,32 @@ FLOAT_OP_REASONS = {
 }
 
 
-def _log(message: str) -> None:
-    print(f"[export.tflite] {message}", file=sys.stderr, flush=True)
+_log = logging.getLogger(__name__).info  # the converter log (bilayer-mobile export: reports/export.log)
+
+
+class TfliteTarget(Target):
+    """TFLite flatbuffers with a `serving_default` signature, run by LiteRT (XNNPACK on CPU here;
+    GPU, NNAPI and other delegates on devices)."""
+
+    name = "tflite"
+    extension = ".tflite"
+    runtime = "litert"
+    precisions = SHIPPING_PRECISIONS
+    limitations = {
+        "fp16 compute": "fp16 stores float16 weights of CONV_2D / FULLY_CONNECTED / DEPTHWISE_CONV_2D only; "
+                        "compute is float32 unless a delegate (GPU) runs it in fp16",
+        "dynamic shapes": "static shapes only (those of the contract)",
+    }
+
+    def convert_float(self, graph, example_inputs):
+        with converting(f"litert-torch conversion of the {graph.name} graph"):
+            return convert_float(graph, example_inputs, output_names(graph))
+
+    def export(self, graph, example_inputs, precision, path, calibration=None, float_model=None) -> ArtifactNotes:
+        with converting(f"TFLite {precision} conversion of the {graph.name} graph"):
+            result = export_tflite(graph, example_inputs, output_names(graph), path, precision, calibration,
+                                   float_model=float_model)
+        return ArtifactNotes(result.float_ops, result.notes)
 
 
 @dataclass
@@ -132,7 +160,7 @@ class NamedOutputs(nn.Module):
         if isinstance(out, dict):
             out = tuple(out[n] for n in self.output_names)
         if len(out) != len(self.output_names):
-            raise ValueError(f"module returned {len(out)} outputs, output_names has {len(self.output_names)}: "
+            raise ExportError(f"module returned {len(out)} outputs, output_names has {len(self.output_names)}: "
                              f"{self.output_names}")
         return {name: t.contiguous() for name, t in zip(self.output_names, out)}
 
@@ -283,24 +311,12 @@ def _quantize(float_model: bytes, precision: str, calibration: list[dict[str, np
     result = None
     if q.need_calibration:
         if not calibration:
-            raise ValueError(f"precision {precision!r} needs calibration data (a list of input feeds)")
+            raise ExportError(f"precision {precision!r} needs calibration data (a list of input feeds)")
         feeds = [{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed.items()} for feed in calibration]
         _log(f"calibrating {precision} on {len(feeds)} samples")
         result = q.calibrate({SIGNATURE: feeds}, num_threads=max(1, os.cpu_count() or 1))
     _log(f"quantizing ({precision})")
     return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def convert_float(module: nn.Module, example_inputs: dict[str, torch.Tensor], output_names: list[str]) -> bytes:
@@ -331,17 +347,17 @@ def export_tflite(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
     int8_static_ops: the op types that get static int8 in "int8" (default CONV_2D and
     FULLY_CONNECTED; other choices are for experiments).
     """
-    if precision not in PRECISIONS + DIAGNOSTIC_PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     path = Path(path)
     if not output_names:
-        raise ValueError("output_names must name every output of the module")
-    if precision in ("int8", "int8_full"):
+        raise ExportError("output_names must name every output of the module")
+    if needs_calibration(precision):
         if not calibration:
-            raise ValueError(f"precision {precision!r} needs calibration data: a list of feeds keyed like example_inputs")
+            raise ExportError(f"precision {precision!r} needs calibration data: a list of feeds keyed like example_inputs")
         for feed in calibration:
             if set(feed) != set(example_inputs):
-                raise ValueError(f"calibration feed keys {sorted(feed)} differ from the inputs {sorted(example_inputs)}")
+                raise ExportError(f"calibration feed keys {sorted(feed)} differ from the inputs {sorted(example_inputs)}")
     notes: list[str] = []
     start = time.perf_counter()
     _log(f"converting {type(module).__name__} -> {path.name} ({precision})")
@@ -351,7 +367,7 @@ def export_tflite(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
         content = Path(float_model).read_bytes() if isinstance(float_model, (str, Path)) else bytes(float_model)
         notes.append("derived from the graph's one fp32 conversion (no new litert-torch conversion)")
         if op_histogram(content, only="quantized"):
-            raise ValueError("float_model is already quantized; pass the fp32 export")
+            raise ExportError("float_model is already quantized; pass the fp32 export")
     content, fixed = fix_scatter_regions(content)
     if fixed:
         notes.append(f"{fixed} STABLEHLO_SCATTER update region(s) rewritten ADD -> STABLEHLO_ADD "
@@ -361,10 +377,9 @@ def export_tflite(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
     seconds = time.perf_counter() - start
 
     inputs, outputs = signature_names(content)
-    if sorted(inputs) != sorted(example_inputs):
-        notes.append(f"signature inputs are {inputs}, not {list(example_inputs)}")
-    if sorted(outputs) != sorted(output_names):
-        notes.append(f"signature outputs are {outputs}, not {list(output_names)}")
+    if sorted(inputs) != sorted(example_inputs) or sorted(outputs) != sorted(output_names):
+        raise ConversionError(f"litert-torch named the signature {inputs} -> {outputs}, not "
+                              f"{list(example_inputs)} -> {list(output_names)}")
 
     float_ops = None
     if precision in ("int8", "int8_full"):
@@ -386,38 +401,8 @@ def export_tflite(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
         notes.append(f"int8 per-channel weights on {list(DYNAMIC_INT8_OPS)}; activations quantized dynamically "
                      "by the kernels; BATCH_MATMUL left float (constant-lhs hybrid BMM is rejected by LiteRT)")
 
-    _write_atomic(path, content)
+    write_bytes_atomic(path, content)
     _log(f"wrote {path} ({len(content) / 1e6:.2f} MB) in {seconds:.1f} s")
     return TfliteExportResult(path=path, precision=precision, float_ops=float_ops, notes=notes,
                               input_names=inputs, output_names=outputs, conversion_seconds=seconds,
                               size_bytes=len(content))
-
-
-# ---------------------------------------------------------------------------- verification
-def compare_with_torch(module: nn.Module, path: Path, feeds: list[dict[str, np.ndarray]],
-                       output_names: list[str], image_size: int | None = None) -> dict[str, dict[str, float]]:
-    """Run the .tflite and the PyTorch module on every feed; per output, the comparison
-    (runtime_bench.compare) over all feeds stacked: psnr_db, max_abs, cosine (+ uv_error_px
-    for an output named `uv` when image_size is given)."""
-    from ..runtime_bench.compare import compare_output
-    from ..runtime_bench.litert_runner import LiteRtRunner
-
-    runner = LiteRtRunner(path)
-    module = module.eval()
-    refs: dict[str, list[np.ndarray]] = {n: [] for n in output_names}
-    tests: dict[str, list[np.ndarray]] = {n: [] for n in output_names}
-    for feed in feeds:
-        with torch.no_grad():
-            out = module(**{k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in feed.items()})
-        if isinstance(out, torch.Tensor):
-            out = (out,)
-        got = runner.run(feed)
-        for name, ref in zip(output_names, out):
-            refs[name].append(ref.numpy())
-            tests[name].append(got[name])
-    result = {}
-    for name in output_names:
-        c = compare_output(name, np.concatenate(refs[name]), np.concatenate(tests[name]), image_size)
-        result[name] = {k: v for k, v in c.as_dict().items() if k != "name" and v is not None}
-        result[name]["psnr_db"] = float(result[name]["psnr_db"])
-    return result

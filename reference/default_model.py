@@ -29,6 +29,7 @@ from torch import nn
 
 from .checkpoint import load_official_state_dicts
 from .config import BilayerConfig
+from .files import atomic_write
 from .face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
 from .model import BilayerModel
 
@@ -201,8 +202,6 @@ def default_model(config: BilayerConfig | None = None, recipe: DefaultModelRecip
         return model.eval()
     model = build_default_model(config, recipe, progress=progress)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(official_state_dicts(model), tmp)
-        tmp.replace(path)
+        with atomic_write(path) as f:
+            torch.save(official_state_dicts(model), f)
     return model

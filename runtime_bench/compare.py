@@ -11,15 +11,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-# Minimum PSNR (dB) of the gated outputs, per precision. Frame graphs gate on `image`, identity
-# graphs on `texture` (what the user sees); every other output is reported.
+# Minimum PSNR (dB) of the gated outputs, per precision (the names `export.precisions` defines).
+# The bundle's contract marks which outputs are gated (`gated`: the frame graphs' image, the
+# identity graph's texture: what the user sees); every other output is reported.
 THRESHOLDS_DB = {
     "fp32": 60.0,
     "fp16": 40.0,
     "int8_dynamic": 30.0,
     "int8": 30.0,
 }
-GATED_OUTPUTS = {"frame": ("image",), "baked_frame": ("image",), "identity": ("texture",)}
 # The UV gate of frame graphs: maximum mean UV error (output pixels), a floor plus a share of the
 # model's own warp. The warp is where quantization fails first: int8 sampling coordinates move
 # texels by ~1 px (measured: full int8 0.87-0.96 px, CONV/FC-only int8 0.28 px on a 3 px warp),
@@ -109,13 +109,14 @@ class OutputComparison:
         return d
 
 
-def compare_output(name: str, reference: np.ndarray, test: np.ndarray, image_size: int | None = None) -> OutputComparison:
-    """All metrics of one output (UV error in pixels for grids named `uv`)."""
+def compare_output(name: str, reference: np.ndarray, test: np.ndarray, image_size: int | None = None,
+                   kind: str = "") -> OutputComparison:
+    """All metrics of one output (UV error in pixels for a sampling grid: `kind` "warp")."""
     test = np.asarray(test, dtype=np.float64)
     return OutputComparison(
         name=name,
         psnr_db=psnr_db(reference, test),
         max_abs=float(np.abs(np.asarray(reference, np.float64) - test).max()),
         cosine=cosine(reference, test),
-        uv_error_px=uv_error_px(reference, test, image_size) if name == "uv" and image_size else None,
+        uv_error_px=uv_error_px(reference, test, image_size) if kind == "warp" and image_size else None,
     )

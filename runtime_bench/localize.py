@@ -62,10 +62,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import psnr_db
+from .compare import THRESHOLDS_DB, psnr_db
+from .litert_runner import tensor_info
+from .onnxruntime_runner import ort_session
+from .runner import dequantize, quantize
 
 CAP_DB = 60.0
-FLOOR_DB = 30.0  # the int8 gate (compare.THRESHOLDS_DB); validate passes the failing precision's
+FLOOR_DB = THRESHOLDS_DB["int8"]  # validate passes the failing precision's own gate
 # Op types that move or select values without computing new ones, or that squash their input's
 # range (so the range-relative PSNR falls although no error is added). Never reported as a jump.
 _ONNX_PASSIVE = {
@@ -157,20 +160,20 @@ def _summary(jump: TensorDrift | None, ref: float, inputs: list[tuple[str, float
     return text
 
 
-def localize_divergence(target: str, float_model: Path, quantized_model: Path, feed: dict[str, np.ndarray],
+def localize_divergence(runtime: str, float_model: Path, quantized_model: Path, feed: dict[str, np.ndarray],
                         jump_db: float = 10.0, floor_db: float = FLOOR_DB) -> Localization:
     """Compare every tensor shared by `float_model` and `quantized_model` on one `feed`.
 
-    `target` is "onnx" or "tflite"; `feed` maps every graph input name to one sample (float32,
+    `runtime` is "onnxruntime" or "litert" (`runtime_bench.runners`); `feed` maps every graph input name to one sample (float32,
     the contract's shapes). See the module docstring for the matching and the jump rule;
     `floor_db` is best set to the failing precision's gate (`compare.THRESHOLDS_DB`).
     """
     feed = {k: np.asarray(v, np.float32) for k, v in feed.items()}
-    if target == "onnx":
+    if runtime == "onnxruntime":
         return _localize_onnx(Path(float_model), Path(quantized_model), feed, jump_db, floor_db)
-    if target == "tflite":
+    if runtime == "litert":
         return _localize_tflite(Path(float_model), Path(quantized_model), feed, jump_db, floor_db)
-    return Localization(target, None, [], f"no per-tensor localisation for target {target!r}")
+    return Localization(runtime, None, [], f"no per-tensor localisation for runtime {runtime!r}")
 
 
 def _final_outputs_note(outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
@@ -182,8 +185,8 @@ def _final_outputs_note(outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> st
 # ONNX
 # ------------------------------------------------------------------------------------------------
 def _onnx_session(model, extra: list[str]):
+    """A session of `model` that also returns the tensors named in `extra`."""
     import onnx
-    import onnxruntime as ort
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -192,9 +195,7 @@ def _onnx_session(model, extra: list[str]):
         if name not in present:
             copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             present.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(copy.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort_session(copy.SerializeToString())
 
 
 def _onnx_float_tensors(model) -> dict[str, tuple[int, int]]:
@@ -340,13 +341,9 @@ def _tflite_interpreter(path: Path, feed: dict[str, np.ndarray]):
     runner = interpreter.get_signature_runner(next(iter(signatures)))
     prepared = {}
     for name, detail in runner.get_input_details().items():
+        info = tensor_info(name, detail)
         value = np.asarray(feed[name], np.float32)
-        dtype = np.dtype(detail["dtype"])
-        if np.issubdtype(dtype, np.integer):
-            scale, zero = detail["quantization"]
-            limits = np.iinfo(dtype)
-            value = np.clip(np.round(value / scale) + zero, limits.min, limits.max)
-        prepared[name] = np.ascontiguousarray(value, dtype=dtype)
+        prepared[name] = quantize(value, info) if info.quantized else np.ascontiguousarray(value, dtype=info.dtype)
     outputs = runner(**prepared)
     output_tensors = {n: d["index"] for n, d in runner.get_output_details().items()}
     return interpreter, outputs, output_tensors
@@ -358,19 +355,12 @@ def _tflite_value(interpreter, detail: dict) -> np.ndarray | None:
         value = interpreter.get_tensor(detail["index"])
     except ValueError:
         return None  # not allocated (e.g. a constant folded away)
-    dtype = np.dtype(detail["dtype"])
-    if np.issubdtype(dtype, np.floating):
+    info = tensor_info("", detail)
+    if np.issubdtype(info.dtype, np.floating):
         return value.astype(np.float32)
-    params = detail.get("quantization_parameters") or {}
-    scales = np.asarray(params.get("scales", []), np.float64)
-    if dtype not in (np.int8, np.uint8, np.int16) or scales.size == 0:
+    if info.dtype not in (np.int8, np.uint8, np.int16) or not info.quantized:
         return None
-    zeros = np.asarray(params.get("zero_points", []), np.float64)
-    if scales.size > 1:
-        shape = [1] * value.ndim
-        shape[int(params.get("quantized_dimension", 0))] = -1
-        scales, zeros = scales.reshape(shape), zeros.reshape(shape)
-    return ((value.astype(np.float64) - zeros) * scales).astype(np.float32)
+    return dequantize(value, info)
 
 
 def _localize_tflite(float_path: Path, quant_path: Path, feed: dict[str, np.ndarray], jump_db: float,

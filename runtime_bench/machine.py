@@ -9,11 +9,12 @@ another machine's, and `describe_machine()` is recorded beside every figure a bu
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import sys
 from pathlib import Path
+
+from ..reference.environment import toolchain_versions
 
 # The features that select different int8 / fp16 kernels in onnxruntime (MLAS), XNNPACK (LiteRT)
 # or PyTorch, by the name recorded. They are read from CPUID as this process sees it (NumPy's
@@ -31,7 +32,6 @@ CPUINFO_ONLY_FEATURES = {  # /proc/cpuinfo flag -> recorded name
 # /proc/cpuinfo flags of the CPUID features, to notice when the two views disagree
 CPUINFO_FLAG_OF = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
                    "avx512_vnni": "avx512_vnni", "neon": "asimd", "dotprod": "asimddp"}
-RUNTIMES = ("onnxruntime", "ai-edge-litert", "torch", "numpy")
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
@@ -74,16 +74,6 @@ def int8_dot_product(arch: str, features: list[str]) -> str:
             return "dotprod (SDOT / UDOT: exact int32 accumulation)"
         return "neon (widening multiply-accumulate)"
     return "unknown"
-
-
-def runtime_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0]}
-    for dist in RUNTIMES:
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    return versions
 
 
 def cpuid_features() -> dict[str, bool]:
@@ -129,7 +119,7 @@ def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo"), cpuid: dict[str, boo
         "kernel_features": features,
         "int8_dot_product": int8_dot_product(arch, features),
         "os": f"{platform.system()} {platform.release()}",
-        "runtimes": runtime_versions(),
+        "runtimes": toolchain_versions(),
     }
     if note:
         machine["note"] = note

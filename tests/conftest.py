@@ -85,3 +85,35 @@ def max_abs():
         return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
 
     return compute
+
+
+@pytest.fixture(scope="session")
+def parity():
+    """parity(graph, runner, feeds) -> {output name: {"psnr_db", "max_abs", "cosine"[, "uv_error_px"]}}:
+    a runtime runner against the PyTorch graph on every feed (outputs stacked), compared the way
+    `validate` compares (runtime_bench.compare, kinds from the graph's own output spec). Also
+    asserts that the runner's boundary is the graph's contract."""
+    from bilayer_mobile.runtime_bench.compare import compare_output
+
+    def measure(graph, runner, feeds, image_size: int | None = None) -> dict[str, dict[str, float]]:
+        specs = graph.output_spec()
+        declared_in = [t.as_dict() for t in graph.input_spec()]
+        assert runner.check_contract(declared_in, [t.as_dict() for t in specs]) == []
+        refs = {t.name: [] for t in specs}
+        tests = {t.name: [] for t in specs}
+        for feed in feeds:
+            with torch.no_grad():
+                out = graph(**{k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in feed.items()})
+            got = runner.infer(feed)
+            for spec, ref in zip(specs, out, strict=True):
+                refs[spec.name].append(ref.numpy())
+                tests[spec.name].append(got[spec.name])
+        result = {}
+        for spec in specs:
+            c = compare_output(spec.name, np.concatenate(refs[spec.name]), np.concatenate(tests[spec.name]),
+                               image_size or int(specs[0].shape[-1]), spec.kind)
+            result[spec.name] = {k: v for k, v in c.as_dict().items() if k != "name" and v is not None}
+            result[spec.name]["psnr_db"] = float(result[spec.name]["psnr_db"])
+        return result
+
+    return measure

@@ -1,6 +1,8 @@
-"""`export` writes a self-describing bundle whose every artifact runs from the manifest alone."""
+"""The export pipeline (export -> runtime_bench validation -> publish): a self-describing
+bundle whose every artifact runs from the manifest alone, with failures rejected, not published."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -9,8 +11,15 @@ import numpy as np
 import pytest
 
 from bilayer_mobile.cli import main
-from bilayer_mobile.export.bundle import ExportConfig, ExportError, export_bundle
-from bilayer_mobile.runtime_bench.validate import BundleError, make_runner, sha256_file, validate_bundle
+from bilayer_mobile.export.bundle import ExportConfig
+from bilayer_mobile.export.errors import ExportError
+from bilayer_mobile.export.graphs import BakedFrameGraph, FrameGraph, IdentityGraph
+from bilayer_mobile.export.onnx_export import OnnxTarget
+from bilayer_mobile.export.targets import TARGETS
+from bilayer_mobile.pipeline import ValidationFailed, export_bundle
+from bilayer_mobile.reference.files import sha256_file
+from bilayer_mobile.runtime_bench.runners import make_runner
+from bilayer_mobile.runtime_bench.validate import BundleError, validate_bundle
 
 TINY_CONFIG = dict(emb_num_channels=8, emb_max_channels=64, tex_num_channels=8, tex_max_channels=64,
                    inf_num_channels=4, inf_max_channels=32, pse_num_channels=32, enh_num_channels=8,
@@ -34,7 +43,7 @@ def bundle(small_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "small"
     export_bundle(small_model, ExportConfig(out=out, precisions=("fp32", "fp16"), golden_identities=1,
                                             golden_frames=2, calibration_identities=2, calibration_frames=2),
-                  "small default model", progress=lambda m: None)
+                  "small default model", console=io.StringIO())
     return out
 
 
@@ -46,12 +55,12 @@ def test_manifest_describes_every_file_truthfully(bundle):
     for artifact in manifest["artifacts"]:
         path = bundle / artifact["file"]
         assert sha256_file(path) == artifact["sha256"] and path.stat().st_size == artifact["size_bytes"]
-        runner = make_runner(artifact["target"], path)  # run it from the manifest alone
+        runner = make_runner(artifact["runtime"], path)  # run it from the manifest alone
         with np.load(bundle / artifact["golden"]) as golden:
             feed = {i["name"]: golden[i["name"]][0] for i in artifact["inputs"]}
             for i in artifact["inputs"]:
                 assert list(golden[i["name"]].shape[1:]) == i["shape"], (artifact["name"], i["name"])
-            outputs = runner.run(feed)
+            outputs = runner.infer(feed)
             for o in artifact["outputs"]:
                 assert list(outputs[o["name"]].shape) == o["shape"] == list(golden[o["name"]].shape[1:])
                 assert np.abs(outputs[o["name"]] - golden[o["name"]][0]).max() < 0.05, (artifact["name"], o["name"])
@@ -61,6 +70,29 @@ def test_manifest_describes_every_file_truthfully(bundle):
     assert (bundle / "reports" / "parity.md").is_file() and (bundle / "reports" / "worst_artifact.png").is_file()
     assert (bundle / "reports" / "margins.png").is_file()
     assert manifest["rejected"] == [] and not (bundle / "rejected").exists()
+    assert "litert" in (bundle / "reports" / "export.log").read_text()  # the converters' chatter is kept
+
+
+def test_manifest_contracts_are_the_graphs_own(bundle, small_model):
+    """Every artifact's inputs and outputs in the manifest are its graph's declared spec, and the
+    runtime model honours them (names, shapes, dtypes)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    layout = [dict(e) for e in manifest["adaptive_params_layout"]]
+    from bilayer_mobile.export.graphs import AdaptiveEntry
+
+    entries = [AdaptiveEntry(e["index"], e["kind"], tuple(e["weight_shape"]), tuple(e["bias_shape"]), e["offset"])
+               for e in layout]
+    specs = {"identity": IdentityGraph(small_model, entries), "frame": FrameGraph(small_model, entries, True)}
+    for name, graph in specs.items():
+        assert manifest["graphs"][name]["inputs"] == [t.as_dict() for t in graph.input_spec()]
+        assert manifest["graphs"][name]["outputs"] == [t.as_dict() for t in graph.output_spec()]
+    for artifact in manifest["artifacts"]:
+        graph = manifest["graphs"][artifact["graph"]]
+        assert (artifact["inputs"], artifact["outputs"]) == (graph["inputs"], graph["outputs"])
+        runner = make_runner(artifact["runtime"], bundle / artifact["file"])
+        assert runner.check_contract(artifact["inputs"], artifact["outputs"]) == [], artifact["name"]
+        assert artifact["runtime"] == TARGETS[artifact["target"]].runtime
+    assert manifest["data"]["golden"]["identities"] and manifest["data"]["calibration"]["identities"]
 
 
 def test_manifest_and_report_name_the_machine_of_every_figure(bundle):
@@ -123,35 +155,36 @@ def test_bad_options_and_existing_output_leave_nothing(small_model, bundle, tmp_
     assert main(["export", "--targets", "onnx,caffe", "--out", str(tmp_path / "y")]) == 2
     assert "unknown target 'caffe'" in capsys.readouterr().err
     with pytest.raises(ExportError, match="already exists"):
-        export_bundle(small_model, ExportConfig(out=bundle), "x", progress=lambda m: None)
+        export_bundle(small_model, ExportConfig(out=bundle), "x", console=io.StringIO())
     assert main(["export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "z")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+class CrashingOnnx(OnnxTarget):
+    """The ONNX target with a converter that crashes on some precisions (or on every graph)."""
+
+    def __init__(self, precisions=(), float_conversion=False):
+        self.crash_precisions, self.crash_float = set(precisions), float_conversion
+
+    def convert_float(self, graph, example_inputs):
+        if self.crash_float:
+            raise RuntimeError("converter crashed")
+        return super().convert_float(graph, example_inputs)
+
+    def export(self, graph, example_inputs, precision, path, calibration=None, float_model=None):
+        if precision in self.crash_precisions:
+            raise RuntimeError("converter crashed")
+        return super().export(graph, example_inputs, precision, path, calibration, float_model)
+
+
 def test_an_artifact_that_cannot_be_produced_is_rejected_and_a_total_failure_writes_nothing(
         small_model, tmp_path, monkeypatch):
-    import bilayer_mobile.export.bundle as bundle_module
-    from bilayer_mobile.export.bundle import ValidationFailed
-
-    real = bundle_module._exporter
-
-    def exporter_crashing_on(precisions):
-        def make(target):
-            export = real(target)
-
-            def run(*args, **kwargs):
-                if args[4] in precisions:
-                    raise RuntimeError("converter crashed")
-                return export(*args, **kwargs)
-            return run
-        return make
-
     small = dict(golden_identities=1, golden_frames=1, calibration_identities=1, calibration_frames=1)
-    monkeypatch.setattr(bundle_module, "_exporter", exporter_crashing_on({"fp16"}))
+    monkeypatch.setitem(TARGETS, "onnx", CrashingOnnx(precisions={"fp16"}))
     result = export_bundle(small_model, ExportConfig(out=tmp_path / "b", targets=("onnx",), precisions=("fp32", "fp16"),
-                                                     **small), "x", progress=lambda m: None)
-    assert result.rejected == ["baked_frame_fp16_onnx", "frame_fp16_onnx", "identity_fp16_onnx"]
+                                                     **small), "x", console=io.StringIO())
+    assert sorted(result.rejected) == ["baked_frame_fp16_onnx", "frame_fp16_onnx", "identity_fp16_onnx"]
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert [a["precision"] for a in manifest["artifacts"]] == ["fp32"] * 3
     assert all(a["file"] is None and "converter crashed" in a["error"] for a in manifest["rejected"])
@@ -159,16 +192,14 @@ def test_an_artifact_that_cannot_be_produced_is_rejected_and_a_total_failure_wri
     assert main(["validate", str(tmp_path / "b")]) == 0
     assert main(["validate", str(tmp_path / "b"), "--include-rejected"]) == 1
 
-    def converter_crashing(target):
-        def convert(*args, **kwargs):
-            raise RuntimeError("converter crashed")
-        return convert
-
-    monkeypatch.setattr(bundle_module, "_float_converter", converter_crashing)
+    monkeypatch.setitem(TARGETS, "onnx", CrashingOnnx(float_conversion=True))
+    console = io.StringIO()
     with pytest.raises(ValidationFailed, match="no artifact could be produced"):
         export_bundle(small_model, ExportConfig(out=tmp_path / "c", targets=("onnx",), precisions=("fp32",), **small),
-                      "x", progress=lambda m: None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+                      "x", console=console)
+    # nothing published, no temporary directory left; the log of the failed export is kept beside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c.export.log"]
+    assert "c.export.log" in console.getvalue()
 
 
 def test_a_bundle_without_its_rejected_files_still_validates(bundle, tmp_path):
@@ -183,22 +214,18 @@ def test_a_bundle_without_its_rejected_files_still_validates(bundle, tmp_path):
         validate_bundle(copy, include_rejected=True)
 
 
+class FullInt8AsInt8Onnx(OnnxTarget):
+    """The ONNX target whose `int8` is the diagnostic full int8 (warp quantized): a deliberately
+    failing artifact among passing ones."""
+
+    def export(self, graph, example_inputs, precision, path, calibration=None, float_model=None):
+        precision = "int8_full" if precision == "int8" else precision
+        return super().export(graph, example_inputs, precision, path, calibration, float_model)
+
+
 @pytest.fixture
 def full_int8_as_int8(monkeypatch):
-    """Make the bundle's ONNX `int8` artifacts the test-only full int8 (warp quantized), which
-    fails its gate: a deliberately failing artifact among passing ones."""
-    import bilayer_mobile.export.bundle as bundle_module
-
-    real = bundle_module._exporter
-
-    def exporter(target):
-        export = real(target)
-        if target != "onnx":
-            return export
-        return lambda *args, **kwargs: export(*args[:4], "int8_full" if args[4] == "int8" else args[4],
-                                              *args[5:], **kwargs)
-
-    monkeypatch.setattr(bundle_module, "_exporter", exporter)
+    monkeypatch.setitem(TARGETS, "onnx", FullInt8AsInt8Onnx())
 
 
 @pytest.fixture
@@ -232,9 +259,10 @@ def test_a_failing_artifact_is_rejected_and_the_rest_published(small_source, ful
     assert main(["validate", str(out)]) == 0
     assert "rejected at export (not run; --include-rejected runs them): " in capsys.readouterr().out
     assert main(["validate", str(out), "--include-rejected"]) == 1
-    # no temporary directory left; the converters' output is in a log beside the bundle
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial", "partial.export.log"]
-    assert (tmp_path / "partial.export.log").is_file()
+    # no temporary directory left; the converters' output is in the bundle's reports/
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial"]
+    assert (out / "reports" / "export.log").is_file()
+    assert "converter output" in captured.err and len(captured.err.splitlines()) < 40  # no converter chatter
 
 
 def test_strict_export_publishes_nothing(small_source, full_int8_as_int8, tmp_path, capsys):

@@ -1,0 +1,127 @@
+"""The export pipeline, composed once, above the packages it uses:
+
+    graphs -> convert -> candidate bundle          (export: write_candidate)
+           -> run every artifact in its runtime    (runtime_bench: validate_bundle, the same
+              and gate it on parity                 code `bilayer-mobile validate` runs)
+           -> reject what failed, record figures   (export: record_verdicts)
+           -> reports                              (runtime_bench: write_reports)
+           -> publish atomically                   (reference.files: staging_directory)
+
+`export` and `runtime_bench` never import each other; only this module (and the command line)
+knows both. The candidate is written beside the destination and renamed when complete, so an
+error or an interrupt leaves nothing behind; the converters' output goes to
+reports/export.log inside it (beside the destination, `OUT.export.log`, when nothing is published).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from bilayer_mobile.console import StepProgress, converter_chatter_to
+from bilayer_mobile.export.bundle import ExportConfig, record_verdicts, write_candidate
+from bilayer_mobile.export.errors import ExportError
+from bilayer_mobile.reference.errors import BilayerError
+from bilayer_mobile.reference.files import staging_directory
+from bilayer_mobile.reference.model import BilayerModel
+from bilayer_mobile.runtime_bench.report import results_table, write_reports
+from bilayer_mobile.runtime_bench.validate import ValidationReport, validate_bundle
+
+LOG_NAME = "reports/export.log"
+
+# Relative cost of each step, for the time left: seconds measured by `make bundle` on 2 cores
+# (AMD EPYC, AVX-512), mean of the two targets. The identity graph has 103 M parameters and an
+# unrolled enhancer, the frame graphs ~5 M; calibrated int8 runs the graph on the calibration set.
+STEP_COST = {
+    ("prepare",): 25.0,  # real-face data, graphs and golden reference outputs
+    ("convert", "identity"): 32.0, ("convert", "frame"): 8.0, ("convert", "baked_frame"): 8.0,
+    ("derive", "identity", "fp32"): 6.0, ("derive", "identity", "fp16"): 6.5,
+    ("validate", "identity"): 6.5, ("validate", "frame"): 0.5, ("validate", "baked_frame"): 0.5,
+    **{("derive", g, p): c for g in ("frame", "baked_frame")
+       for p, c in (("fp32", 0.2), ("fp16", 0.5), ("int8_dynamic", 0.5), ("int8", 2.5))},
+}
+
+
+class ValidationFailed(BilayerError):
+    """Artifacts fell below their parity threshold (or could not be produced) and nothing was
+    published: the export was strict, or nothing passed.
+
+    Exits 1 like a failed `validate`: the input was fine, an artifact was not."""
+
+    exit_code = 1
+
+
+@dataclass
+class ExportOutcome:
+    """A published bundle: its manifest, the validation of every artifact it was exported with,
+    and the names of the artifacts kept out of models/."""
+
+    manifest: dict
+    report: ValidationReport
+    rejected: list[str]
+
+
+def total_cost(config: ExportConfig) -> float:
+    """The whole job's cost in `STEP_COST` units."""
+    jobs = config.jobs()
+    conversions = {(g, t) for g, t, _ in jobs}
+    return (STEP_COST["prepare",] + sum(STEP_COST["convert", g] for g, _ in conversions)
+            + sum(STEP_COST["derive", g, p] + STEP_COST["validate", g] for g, _, p in jobs))
+
+
+def export_bundle(model: BilayerModel, config: ExportConfig, model_description: str, console: TextIO) -> ExportOutcome:
+    """Export, validate and atomically publish a bundle at `config.out`.
+
+    Artifacts below their gate go to `rejected/` and the rest is published; with
+    `config.strict`, or when nothing passes, nothing is published and `ValidationFailed` is
+    raised. One line per step goes to `console`; the converters' output to the bundle's log.
+    """
+    out = Path(config.out)
+    if out.exists():
+        raise ExportError(f"output directory {out} already exists; choose another --out or remove it")
+    with staging_directory(out) as staging:
+        log = staging.path / LOG_NAME
+        progress = None
+        try:
+            with converter_chatter_to(log) as real_console:
+                progress = StepProgress(real_console, STEP_COST, total_cost(config), "export")
+                candidate = write_candidate(model, config, staging.path, model_description, progress)
+                produced = candidate.manifest["artifacts"]
+                not_produced = "\n".join(f"  {a['name']}: {a['error']}" for a in candidate.not_produced)
+                if not produced:
+                    raise ValidationFailed(f"no artifact could be produced, bundle not written:\n{not_produced}")
+                if candidate.not_produced and config.strict:
+                    raise ValidationFailed(f"{len(candidate.not_produced)} artifact(s) could not be produced, bundle "
+                                           f"not written (--strict):\n{not_produced}")
+                report = validate_bundle(staging.path, progress=progress)
+                progress.close()
+            failed = {r.name for r in report.failed}
+            if failed and config.strict:
+                raise ValidationFailed(f"{len(failed)} artifact(s) below threshold, bundle not written (--strict):\n"
+                                       + results_table(report.results))
+            if len(failed) == len(produced):
+                raise ValidationFailed("every artifact is below its threshold, bundle not written:\n"
+                                       + results_table(report.results))
+            record_verdicts(candidate, failed, {r.name: r.figures() for r in report.results}, report.machine)
+            report.rejected = candidate.manifest["rejected"]
+            write_reports(staging.path, report)
+        except BaseException:
+            if progress is not None:
+                progress.close()
+            kept = keep_log(log, out)
+            if kept:
+                print(f"the converters' log of this export: {kept}", file=console)
+            raise
+        staging.publish()
+    rejected = [a["name"] for a in candidate.manifest["rejected"]]
+    return ExportOutcome(candidate.manifest, report, rejected)
+
+
+def keep_log(log: Path, out: Path) -> Path | None:
+    """Copy an unpublished export's log beside its destination (the staging directory goes)."""
+    if not log.is_file():
+        return None
+    kept = out.parent / f"{out.name}.export.log"
+    shutil.copyfile(log, kept)
+    return kept
