@@ -290,7 +290,8 @@ def cmd_export(args) -> int:
     print(f"wrote {args.out}: {published} artifacts in models/ (report: {args.out / 'reports' / 'parity.md'})")
     if bundle.rejected:
         print(f"FAIL: {len(bundle.rejected)} artifact(s) below their gate or not produced, kept out of models/ "
-              f"(see {args.out / 'reports' / 'parity.md'}): {', '.join(bundle.rejected)}", file=sys.stderr)
+              f"(files in {args.out / 'rejected'}, figures in {args.out / 'reports' / 'parity.md'}): "
+              f"{', '.join(bundle.rejected)}", file=sys.stderr)
         return 1
     return 0
 

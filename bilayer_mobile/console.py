@@ -87,7 +87,8 @@ def converter_chatter_to(log_path: Path) -> Iterator[TextIO]:
             console = os.fdopen(os.dup(saved[2]), "w", buffering=1)
             for fd in saved:
                 os.dup2(log.fileno(), fd)
-            handler = logging.StreamHandler(sys.stderr)  # fd 2, i.e. the log file now
+            # straight to file descriptor 2 (the log now), whatever sys.stderr has been replaced by
+            handler = logging.StreamHandler(open(2, "w", buffering=1, closefd=False))
             handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
             root = logging.getLogger("bilayer_mobile")
             root.addHandler(handler)
@@ -97,6 +98,7 @@ def converter_chatter_to(log_path: Path) -> Iterator[TextIO]:
         _flush_all()
         if handler is not None:
             logging.getLogger("bilayer_mobile").removeHandler(handler)
+            handler.stream.close()
         for fd, copy in saved.items():
             os.dup2(copy, fd)
             os.close(copy)
