@@ -178,11 +178,11 @@ def _check_output(out: Path, force: bool) -> None:
         raise OutputExistsError(f"output directory {out} exists and is not empty; choose another --out or pass --force")
 
 
-def _source_face(path: Path, landmarks_path: Path | None, image_size: int, crop: bool):
+def _source_face(path: Path, landmarks_path: Path | None, image_size: int, crop: bool, image=None):
     from bilayer_mobile.reference.landmarks import detect_landmarks
     from bilayer_mobile.reference.preprocessing import FaceCrop, crop_face, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
 
-    image = load_rgb(path)
+    image = load_rgb(path, what="source image") if image is None else image
     if not crop and image.shape[:2] != (image_size, image_size):
         raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]}, but --no-crop needs {image_size}x{image_size} "
                          "face crops; drop --no-crop to crop it the official way")
@@ -225,14 +225,17 @@ def cmd_render(args) -> int:
 
     job = RenderJob(args.source, args.driver, args.out, args.source_landmarks, args.keypoints_size,
                     args.sequence_frames, args.force, not args.no_crop)
+    from bilayer_mobile.reference.preprocessing import load_rgb
+
     if not job.source.is_file():
         raise InputError(f"source image {job.source} does not exist")
+    source_image = load_rgb(job.source, what="source image")  # a bad photo fails before the model loads
     _check_output(job.out, job.force)
     with staging_directory(job.out, replace=job.force) as staging:
         tmp = staging.path
         model = _model_source(args).load()
         size = model.config.image_size
-        face = _source_face(job.source, job.source_landmarks, size, job.crop)
+        face = _source_face(job.source, job.source_landmarks, size, job.crop, source_image)
         drivers = torch.stack([_driver_keypoints(p, size, job.keypoints_size, job.crop) for p in job.drivers])
         print(f"identity: {job.source.name} ({'with' if model.has_enhancer else 'without'} texture enhancer)", file=sys.stderr)
         state = model.init_identity(face.image[None], face.keypoints[None])

@@ -6,8 +6,9 @@ make parity and quantization figures meaningless in two places, so the recipe fi
 1. Spectral normalisation. Every Conv2d/Linear weight is divided by its largest singular value,
    as spectral norm does in the official training, so activations keep trained-like scales.
 2. Standing statistics. BatchNorm running statistics are the average of per-batch statistics
-   over augmented real faces (`../data/photos`), the idea of the official runner's
-   `calculate_batchnorm_stats`, instead of the init values (mean 0, var 1).
+   over augmented real faces (the packaged photos `face_samples.DEFAULT_MODEL_PHOTOS`, named
+   explicitly), the idea of the official runner's `calculate_batchnorm_stats`, instead of the
+   init values (mean 0, var 1).
 3. A realistic warp. A trained model moves texture pixels by a few pixels; a randomly
    initialised one by ~60 px, and the warp then amplifies every rounding error of the UV field.
    The UV head is scaled so that the mean displacement on real-face keypoints is
@@ -21,6 +22,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +32,11 @@ from torch import nn
 
 from .checkpoint import load_official_state_dicts
 from .config import BilayerConfig
+from .errors import CheckpointError
 from .files import atomic_write
-from .face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
+from .face_samples import DEFAULT_MODEL_PHOTOS, augmented_crops, load_face_photos, perturb_keypoints
 from .model import BilayerModel
+from .user_files import load_torch_file
 
 RECIPE_VERSION = 2
 
@@ -138,10 +143,11 @@ def mean_uv_displacement_px(model: BilayerModel, state, drivers: torch.Tensor) -
     return float((delta * (model.config.image_size / 2)).norm(dim=-1).mean())
 
 
-def measure_uv_displacement_px(model: BilayerModel, photos_dir: Path | str = DEFAULT_PHOTOS_DIR,
+def measure_uv_displacement_px(model: BilayerModel, photos: Sequence[str] | Path | str = DEFAULT_MODEL_PHOTOS,
                                count: int = 8, seed: int = 4321) -> float:
-    """Mean UV displacement (px) of any model on augmented real faces (printed by `info`)."""
-    crops = augmented_crops(load_face_photos(photos_dir), count, seed=seed, image_size=model.config.image_size)
+    """Mean UV displacement (px) of any model on augmented real faces (printed by `info`);
+    `photos` as `load_face_photos` takes them (packaged photo names or a directory)."""
+    crops = augmented_crops(load_face_photos(photos), count, seed=seed, image_size=model.config.image_size)
     return mean_uv_displacement_px(model, *real_face_drives(model, crops, seed=seed))
 
 
@@ -166,14 +172,14 @@ def scale_uv_head_(model: BilayerModel, crops, target_px: float, frames_per_iden
 
 
 def build_default_model(config: BilayerConfig | None = None, recipe: DefaultModelRecipe | None = None,
-                        photos_dir: Path | str = DEFAULT_PHOTOS_DIR, progress=None) -> BilayerModel:
+                        photos: Sequence[str] | Path | str = DEFAULT_MODEL_PHOTOS, progress=None) -> BilayerModel:
     """Build the default model from scratch (no cache); see the module docstring for the recipe."""
     config = config or BilayerConfig.paper()
     recipe = recipe or DefaultModelRecipe()
     torch.manual_seed(recipe.seed)
     model = BilayerModel(config).eval()
     spectral_normalise_(model)
-    photos = load_face_photos(photos_dir)
+    photos = load_face_photos(photos)
     crops = augmented_crops(photos, recipe.stats_identities, seed=recipe.seed, image_size=config.image_size)
     compute_standing_statistics(model, crops, recipe.stats_frames_per_identity, recipe.stats_batch, recipe.seed, progress)
     uv_crops = augmented_crops(photos, recipe.uv_identities, seed=recipe.seed + 1, image_size=config.image_size)
@@ -197,9 +203,12 @@ def default_model(config: BilayerConfig | None = None, recipe: DefaultModelRecip
     recipe = recipe or DefaultModelRecipe()
     path = cache_dir() / f"default-{recipe.key(config)}.pt"
     if use_cache and path.is_file():
-        model = BilayerModel(config)
-        load_official_state_dicts(model, torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
+        try:
+            model = BilayerModel(config)
+            load_official_state_dicts(model, load_torch_file(path, "cached default model"))
+            return model.eval()
+        except CheckpointError as exc:  # our own cache: rebuild it rather than stop the user
+            warnings.warn(f"{exc}; rebuilding it")
     model = build_default_model(config, recipe, progress=progress)
     if use_cache:
         with atomic_write(path) as f:

@@ -38,6 +38,7 @@ from .runners import make_runner
 # The manifest layout this reader understands (export/bundle.py writes it).
 FORMAT = "bilayer-mobile-bundle"
 FORMAT_VERSION = 3
+ARTIFACT_KEYS = ("name", "graph", "target", "runtime", "precision", "file", "sha256", "golden", "inputs", "outputs")
 
 
 class BundleError(BilayerError):
@@ -70,6 +71,27 @@ def check_format(manifest: dict, bundle: Path) -> None:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{bundle} is a bundle of format version {manifest.get('format_version')}, this tool reads "
                           f"version {FORMAT_VERSION}; re-export it with this version of `bilayer-mobile export`")
+    damaged = f"{bundle}/manifest.json is damaged"
+    fix = "re-run `bilayer-mobile export` to write the bundle again"
+    if not isinstance(manifest.get("model", {}).get("config", {}).get("image_size"), int):
+        raise BundleError(f"{damaged}: model.config.image_size is missing or not an integer; {fix}")
+    if not isinstance(manifest.get("golden"), dict):
+        raise BundleError(f"{damaged}: 'golden' is missing or not an object; {fix}")
+    for where in ("artifacts", "rejected"):
+        for i, entry in enumerate(manifest.get(where, [])):
+            if not isinstance(entry, dict):
+                raise BundleError(f"{damaged}: {where}[{i}] is not an object; {fix}")
+            needed = ARTIFACT_KEYS if where == "artifacts" or entry.get("file") else ("name",)
+            missing = [k for k in needed if k not in entry]
+            if missing:
+                raise BundleError(f"{damaged}: {where}[{i}] ({entry.get('name', '?')}) lacks {', '.join(missing)}; {fix}")
+            if entry.get("file") and entry["golden"] not in manifest["golden"]:
+                raise BundleError(f"{damaged}: {entry['name']}'s golden file {entry['golden']} is not listed under "
+                                  f"'golden'; {fix}")
+            for side in ("inputs", "outputs"):
+                if entry.get("file") and not all(isinstance(t, dict) and {"name", "shape", "dtype"} <= set(t)
+                                                 for t in entry[side]):
+                    raise BundleError(f"{damaged}: {entry['name']}'s {side} lack name, shape or dtype; {fix}")
 
 
 def runnable_rejected(manifest: dict) -> list[dict]:
@@ -147,8 +169,16 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int) -> tuple[Artifac
     problems = runner.check_contract(artifact["inputs"], artifact["outputs"])
     if problems:
         raise BundleError(f"{artifact['file']} does not honour its contract in manifest.json: {'; '.join(problems)}")
-    with np.load(Path(bundle) / artifact["golden"]) as golden:
-        data = {k: golden[k] for k in golden.files}
+    try:
+        with np.load(Path(bundle) / artifact["golden"], allow_pickle=False) as golden:
+            data = {k: golden[k] for k in golden.files}
+    except Exception as exc:  # its sha256 matched, so the bundle was written this way: say so
+        raise BundleError(f"cannot read {artifact['golden']} of {bundle}: {type(exc).__name__}: {exc}; "
+                          "re-run `bilayer-mobile export`") from None
+    missing = [t["name"] for t in artifact["inputs"] + artifact["outputs"] if t["name"] not in data]
+    if missing:
+        raise BundleError(f"{artifact['golden']} lacks {', '.join(missing)} that {artifact['name']} needs; "
+                          "re-run `bilayer-mobile export`")
     outputs = {o["name"]: o for o in artifact["outputs"]}
     gated = tuple(name for name, spec in outputs.items() if spec.get("gated"))
     samples = data[artifact["inputs"][0]["name"]].shape[0]

@@ -92,7 +92,7 @@ def test_render_bad_source_image(capsys, tmp_path, source_landmarks, content, wo
     source = tmp_path / "source.jpg"
     source.write_bytes(content)
     line = fails_with_one_line(capsys, render_argv(tmp_path, source=source, landmarks=source_landmarks), "render")
-    assert line.startswith(f"bilayer-mobile render: error: cannot read image {source}: {words}")
+    assert line.startswith(f"bilayer-mobile render: error: cannot read source image {source}: {words}")
     assert no_output_left(tmp_path)
 
 

@@ -296,3 +296,22 @@ def test_large_warp_checkpoint_in_the_official_layout_exports_every_fp16_artifac
         assert float(a["outputs"]["image"]["psnr_db"]) >= a["threshold_db"]
     # at least one of them needs the warp-scaled allowance: the fixed floor alone would reject it
     assert max(a["outputs"]["uv"]["uv_error_px"] for a in fp16_frames) > UV_TOLERANCE["fp16"].floor_px
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: m["artifacts"][0].pop("sha256"), "lacks sha256"),
+    (lambda m: m["model"]["config"].pop("image_size"), "image_size is missing"),
+    (lambda m: m["artifacts"].__setitem__(0, "frame.onnx"), "artifacts[0] is not an object"),
+    (lambda m: m["golden"].clear(), "is not listed under 'golden'"),
+    (lambda m: m.__setitem__("format_version", 2), "format version 2"),
+    (lambda m: m["artifacts"][0].__setitem__("runtime", "coreml"), "Core ML prediction needs macOS"),
+])
+def test_a_damaged_manifest_is_one_line_and_exit_2(bundle, tmp_path, capsys, damage, words):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    damage(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["validate", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -90,3 +90,17 @@ def test_real_faces_render_finite_and_fp16_rounding_keeps_the_image(default_mode
         model.inference_generator.load_state_dict(saved)
     assert psnr_db(out.lowfreq, rounded.lowfreq) > 50
     assert psnr_db(out.image, rounded.image) > 45
+
+
+def test_a_corrupt_cache_is_rebuilt_not_fatal(default_model_paper, tmp_path, monkeypatch):
+    import bilayer_mobile.reference.default_model as module
+
+    monkeypatch.setenv("BILAYER_MOBILE_CACHE", str(tmp_path))
+    path = tmp_path / f"default-{module.DefaultModelRecipe().key(default_model_paper.config)}.pt"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    built = []
+    monkeypatch.setattr(module, "build_default_model", lambda *a, **k: built.append(1) or default_model_paper)
+    with pytest.warns(UserWarning, match="cached default model .* rebuilding it"):
+        model = module.default_model()
+    assert built == [1] and model is default_model_paper
+    assert module.default_model().has_enhancer and built == [1]  # the rewritten cache now loads
