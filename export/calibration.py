@@ -24,7 +24,7 @@ import torch
 from ..reference.errors import InputError
 from .errors import ExportError
 from .graphs import pack_adaptive_params
-from ..reference.face_samples import DEFAULT_PHOTOS_DIR, augmented_crops, load_face_photos, perturb_keypoints
+from ..reference.face_samples import DEFAULT_MODEL_PHOTOS, augmented_crops, load_face_photos, perturb_keypoints
 from ..reference.model import BilayerModel
 from ..reference.preprocessing import draw_stickmen, image_to_tensor, load_landmarks_npy, load_rgb, normalise_keypoints
 
@@ -40,7 +40,7 @@ class FaceClip:
     identity: str = ""  # the photo or dataset sequence it comes from
 
 
-def photo_clips(count: int, frames: int, seed: int, photos_dir: Path | str = DEFAULT_PHOTOS_DIR,
+def photo_clips(count: int, frames: int, seed: int, photos_dir: Path | str | tuple[str, ...] = DEFAULT_MODEL_PHOTOS,
                 image_size: int = 256) -> list[FaceClip]:
     """`count` augmented identities from photos, each with `frames` perturbed driving poses."""
     photos = load_face_photos(photos_dir)

@@ -7,7 +7,13 @@ contrast), and head pose / expression for driving keypoints (landmark perturbati
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
+import functools
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -16,8 +22,19 @@ import torch
 
 from .preprocessing import FaceCrop, crop_face, load_rgb
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PHOTOS_DIR = PROJECT_ROOT / "data" / "photos"
+# The real face photos ship inside this package (reference/photos/, installed as
+# bilayer_mobile/reference/photos/; sources and licences in photos/README.md), so they are found
+# the same way in a source checkout, an editable install and a wheel.
+PHOTO_NAMES: tuple[str, ...] = ("grace_hopper.jpg", "source.jpg", "target.jpg")
+# The photos of the built-in default model's statistics. Explicit, never "every photo in the
+# folder": a photo added to the package must not change the default model's weights.
+DEFAULT_MODEL_PHOTOS: tuple[str, ...] = ("source.jpg", "target.jpg")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+# Photos extracted to temporary files (only when the package is not on the file system, e.g.
+# imported from a zip) stay there until the interpreter exits.
+_extracted = contextlib.ExitStack()
+atexit.register(_extracted.close)
 
 # Index of each point's mirror image in the 68-point layout.
 FLIP_PERMUTATION = np.array(
@@ -43,20 +60,46 @@ class FacePhoto:
         return crop_face(self.image, self.landmarks, image_size)
 
 
-def load_face_photos(directory: Path | str = DEFAULT_PHOTOS_DIR) -> list[FacePhoto]:
-    """Every image in `directory` with its landmarks (from `NAME.npy` beside it, else detected)."""
+@functools.cache
+def photo_path(name: str) -> Path:
+    """The file of the packaged photo `name` (one of `PHOTO_NAMES`, e.g. "source.jpg")."""
+    if name not in PHOTO_NAMES:
+        raise ValueError(f"no packaged photo {name!r}; the packaged photos are {', '.join(PHOTO_NAMES)}")
+    resource = resources.files(__package__).joinpath("photos", name)
+    path = _extracted.enter_context(resources.as_file(resource))
+    if not path.is_file():
+        raise FileNotFoundError(f"packaged photo {name} is missing at {path} (broken installation?)")
+    return path
+
+
+def load_face_photo(path: Path | str, name: str = "") -> FacePhoto:
+    """One image with its landmarks (from `NAME.npy` beside it, else detected)."""
     from .landmarks import detect_landmarks
     from .preprocessing import load_landmarks_npy
 
-    directory = Path(directory)
-    paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    photos = []
-    for path in paths:
-        image = load_rgb(path)
-        npy = path.with_suffix(".npy")
-        landmarks = load_landmarks_npy(npy) if npy.is_file() else detect_landmarks(image)
-        photos.append(FacePhoto(image, landmarks, path.stem))
-    return photos
+    path = Path(path)
+    image = load_rgb(path)
+    npy = path.with_suffix(".npy")
+    landmarks = load_landmarks_npy(npy) if npy.is_file() else detect_landmarks(image)
+    return FacePhoto(image, landmarks, name or path.stem)
+
+
+def load_face_photos(photos: Sequence[str] | Path | str = DEFAULT_MODEL_PHOTOS) -> list[FacePhoto]:
+    """Face photos with their landmarks, named by their file stem.
+
+    `photos` is either a sequence of packaged photo names (`PHOTO_NAMES`; the default is the
+    default model's `DEFAULT_MODEL_PHOTOS`), loaded in the order given, or a directory (a `Path`
+    or `str`) of one's own photos: every image in it, sorted by name.
+    """
+    if isinstance(photos, str) and photos in PHOTO_NAMES:
+        raise TypeError(f"load_face_photos({photos!r}) takes a directory or a sequence of photo names: "
+                        f"pass ({photos!r},)")
+    if isinstance(photos, (str, os.PathLike)):
+        directory = Path(photos)
+        paths = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        paths = [photo_path(name) for name in photos]
+    return [load_face_photo(path) for path in paths]
 
 
 def flip_photo(photo: FacePhoto) -> FacePhoto:

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths of the official golden data and the real photos (read from ../shared)."""
+"""Shared fixtures: paths of the official golden data (read from ../shared) and the real photos."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +7,17 @@ import numpy as np
 import pytest
 import torch
 
+from bilayer_mobile.reference.face_samples import DEFAULT_MODEL_PHOTOS
+
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT.parent / "shared"
 SPEC = SHARED / "spec"
 GOLDEN = SPEC / "golden_tiny"
 GOLDEN_RUN = GOLDEN / "runs" / "bilayer_tiny"
 MANIFEST = SPEC / "official_state_dict_manifest.json"
-PHOTOS = PROJECT / "data" / "photos"
+# The packaged photos the tests use (bilayer_mobile/reference/photos): the default model's two,
+# by name; every loader that takes a photo directory takes these names too.
+PHOTOS = DEFAULT_MODEL_PHOTOS
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +75,9 @@ def manifest() -> dict:
 
 
 @pytest.fixture(scope="session")
-def photos_dir() -> Path:
+def photos_dir() -> tuple[str, ...]:
+    """The photos for `load_face_photos`, `photo_clips`, `measure_uv_displacement_px` (the name is
+    historical: packaged photo names, not a directory)."""
     return PHOTOS
 
 
