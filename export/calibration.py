@@ -95,6 +95,16 @@ def dataset_clips(data_root: Path | str, split: str = "test", max_clips: int = 1
     return clips
 
 
+# Parity is measured on one identity, calibration uses the others: a figure never comes from a
+# face the quantizer saw. The baked frame graph bakes the first golden clip (source.jpg).
+GOLDEN_PHOTOS = ("source.jpg",)
+CALIBRATION_PHOTOS = ("target.jpg", "grace_hopper.jpg")
+
+
+def _identities(clips: list[FaceClip]) -> list[str]:
+    return sorted({c.identity for c in clips})
+
+
 @dataclass
 class DataSets:
     """The golden set (parity is measured on it) and the calibration set (int8 ranges), never
@@ -102,31 +112,47 @@ class DataSets:
 
     golden: list[FaceClip]
     calibration: list[FaceClip]
-    source: str
+    source: str  # where the clips come from
     golden_identities: list[str] = field(default_factory=list)
     calibration_identities: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, config, image_size: int) -> "DataSets":
-        """Both sets for an `ExportConfig`: from `config.data_root` (dataset layout) or the photos."""
+        """Both sets for an `ExportConfig`: from `config.data_root` (dataset layout; identities
+        are its PERSON folders) or the packaged photos (`GOLDEN_PHOTOS`, `CALIBRATION_PHOTOS`)."""
         if config.data_root:
-            wanted = config.golden_identities + config.calibration_identities
-            clips = dataset_clips(config.data_root, max_clips=wanted,
-                                  frames=max(config.calibration_frames, config.golden_frames), image_size=image_size)
-            if len(clips) <= config.golden_identities:
-                raise ExportError(
-                    f"{config.data_root} has {len(clips)} usable sequence(s); the golden set takes "
-                    f"{config.golden_identities} and calibration needs at least one more (and should have "
-                    f"{config.calibration_identities}): add sequences, or export without --data-root")
-            golden, calibration, source = clips[: config.golden_identities], clips[config.golden_identities:], \
-                str(config.data_root)
-        else:
-            golden = photo_clips(config.golden_identities, config.golden_frames, config.seed, image_size=image_size)
-            calibration = photo_clips(config.calibration_identities, config.calibration_frames, config.seed + 1,
-                                      image_size=image_size)
-            source = "packaged photos, augmented"
-        names = lambda clips: sorted({c.identity for c in clips})
-        return cls(golden, calibration, source, names(golden), names(calibration))
+            return cls._from_dataset(config, image_size)
+        golden = photo_clips(config.golden_identities, config.golden_frames, config.seed, GOLDEN_PHOTOS,
+                             image_size=image_size)
+        calibration = photo_clips(config.calibration_identities, config.calibration_frames, config.seed + 1,
+                                  CALIBRATION_PHOTOS, image_size=image_size)
+        return cls(golden, calibration, "packaged photos, augmented", _identities(golden), _identities(calibration))
+
+    @classmethod
+    def _from_dataset(cls, config, image_size: int) -> "DataSets":
+        wanted = config.golden_identities + config.calibration_identities
+        clips = dataset_clips(config.data_root, max_clips=4 * wanted,
+                              frames=max(config.calibration_frames, config.golden_frames), image_size=image_size)
+        person = lambda clip: clip.identity.split("/")[0]
+        people = list(dict.fromkeys(person(c) for c in clips))
+        if len(people) > 1:
+            # golden from the first people, calibration from the others: no shared identity
+            golden_people = set()
+            for p in people[:-1]:
+                golden_people.add(p)
+                if sum(person(c) in golden_people for c in clips) >= config.golden_identities:
+                    break
+            golden = [c for c in clips if person(c) in golden_people][: config.golden_identities]
+            calibration = [c for c in clips if person(c) not in golden_people][: config.calibration_identities]
+        else:  # one person: different sequences at least
+            golden, calibration = clips[: config.golden_identities], clips[config.golden_identities: wanted]
+        if not calibration:
+            raise ExportError(
+                f"{config.data_root} has {len(clips)} usable sequence(s); the golden set takes "
+                f"{config.golden_identities} and calibration needs at least one more (and should have "
+                f"{config.calibration_identities}): add sequences, or export without --data-root")
+        return cls(golden, calibration, str(config.data_root), sorted({person(c) for c in golden}),
+                   sorted({person(c) for c in calibration}))
 
     def describe(self) -> dict:
         """The manifest's record of both sets."""
