@@ -14,10 +14,10 @@ setup: $(STAMP)
 
 $(STAMP): requirements/lock.txt requirements/top.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check pip==26.3
-	$(BIN)/pip install --quiet -c requirements/lock.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c requirements/lock.txt -r requirements/top.txt
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-warn-script-location --disable-pip-version-check pip==26.3
+	$(BIN)/pip install --quiet --no-warn-script-location -c requirements/lock.txt torch==2.13.0
+	$(BIN)/pip install --quiet --no-warn-script-location -c requirements/lock.txt -r requirements/top.txt
+	$(BIN)/pip install --quiet --no-warn-script-location --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The whole suite, slow (paper-configuration) tests included.
@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 # ONNX and TFLite at fp32, fp16, dynamic-range int8 and calibrated int8 (each graph converted once
 # per target), validate every artifact in its runtime, publish the bundle with every artifact that
 # passed (failures go to rejected/, and make exits 1 after the demo) and print the parity table;
-# then render the reference on the photos in data/photos (frames, strip, GIF) for a look.
+# then render the reference on the packaged photos in reference/photos (frames, strip, GIF) for a look.
 bundle: $(STAMP)
 	@echo "== 1/3 model summary (builds the default model once; cached in ~/.cache/bilayer-mobile)"
 	$(BIN)/bilayer-mobile info
@@ -42,8 +42,8 @@ bundle: $(STAMP)
 		--out $(OUT)/bundle || status=$$?; \
 	if [ $$status -ge 2 ]; then exit $$status; fi; \
 	echo "== 3/3 render demo"; \
-	$(BIN)/bilayer-mobile render --source data/photos/source.jpg \
-		--driver data/photos/target.jpg data/photos/source.jpg \
+	$(BIN)/bilayer-mobile render --source reference/photos/source.jpg \
+		--driver reference/photos/target.jpg reference/photos/source.jpg \
 		--sequence-frames 24 --out $(OUT)/render --force || exit $$?; \
 	echo "bundle: $(OUT)/bundle (report: $(OUT)/bundle/reports/parity.md; converter log: $(OUT)/bundle.export.log)"; \
 	echo "render demo: $(OUT)/render"; \
