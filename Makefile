@@ -45,7 +45,7 @@ bundle: $(STAMP)
 	$(BIN)/bilayer-mobile render --source reference/photos/source.jpg \
 		--driver reference/photos/target.jpg reference/photos/source.jpg \
 		--sequence-frames 24 --out $(OUT)/render --force || exit $$?; \
-	echo "bundle: $(OUT)/bundle (report: $(OUT)/bundle/reports/parity.md; converter log: $(OUT)/bundle.export.log)"; \
+	echo "bundle: $(OUT)/bundle (report: $(OUT)/bundle/reports/parity.md; converter log: $(OUT)/bundle/reports/export.log)"; \
 	echo "render demo: $(OUT)/render"; \
 	exit $$status
 

@@ -1,7 +1,7 @@
 """Real-face data for quantization calibration, golden vectors and parity checks.
 
 Two sources:
-- photos (default: the project's `data/photos`), augmented the way a user's video varies them
+- the packaged photos (`reference/photos`: golden `GOLDEN_PHOTOS`, calibration `CALIBRATION_PHOTOS`), augmented the way a user's video varies them
   (`reference.face_samples`: head roll, mirror, framing, lighting; driving poses from landmark
   perturbations);
 - the official dataset layout, for users' own data:
