@@ -97,7 +97,7 @@ class TensorDrift:
 
 @dataclass
 class Localization:
-    target: str
+    runtime: str
     first_jump: TensorDrift | None
     drifts: list[TensorDrift] = field(default_factory=list)
     note: str = ""
@@ -112,7 +112,7 @@ class Localization:
         drifts = self.drifts
         if max_drifts is not None:
             drifts = sorted(drifts, key=lambda d: d.psnr_db)[:max_drifts]
-        return {"target": self.target, "first_jump": one(self.first_jump) if self.first_jump else None,
+        return {"runtime": self.runtime, "first_jump": one(self.first_jump) if self.first_jump else None,
                 "drifts": [one(d) for d in drifts], "note": self.note}
 
 
@@ -320,7 +320,7 @@ def _localize_onnx(float_path: Path, quant_path: Path, feed: dict[str, np.ndarra
         _final_outputs_note({n: (f_out[n], q_out[n]) for n in out_names}),
         "instrumented vs plain quantized run: " + ", ".join(agree),
     ])
-    return Localization("onnx", jump, drifts, note)
+    return Localization("onnxruntime", jump, drifts, note)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,4 +422,4 @@ def _localize_tflite(float_path: Path, quant_path: Path, feed: dict[str, np.ndar
         f"{absent} absent from the quantized model, {other} unreadable or of another shape)",
         _final_outputs_note(finals) + " (builtin kernels, no XNNPACK)",
     ])
-    return Localization("tflite", jump, drifts, note)
+    return Localization("litert", jump, drifts, note)

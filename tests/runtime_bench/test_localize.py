@@ -21,9 +21,11 @@ from bilayer_mobile.export.graphs import FrameGraph, adaptive_layout
 from bilayer_mobile.export.onnx_export import export_onnx
 from bilayer_mobile.export.tflite import export_tflite
 from bilayer_mobile.runtime_bench.localize import Localization, localize_divergence
-from bilayer_mobile.runtime_bench.validate import localization_line, localize_failure
+from bilayer_mobile.export.target import output_names
+from bilayer_mobile.runtime_bench.report import localization_line
+from bilayer_mobile.runtime_bench.validate import localize_failure
 
-FRAME_OUTPUTS = ["image", "mask", "uv", "lowfreq"]
+RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}  # the runtime that runs each target's files
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,15 @@ def artifacts(tiny_model, tmp_path_factory):
         state = model.init_identity(evaluation[0].image[None], evaluation[0].keypoints[None])
         graph = FrameGraph(model, adaptive_layout(state), debug_outputs=True).eval()
         example = {k: torch.from_numpy(v) for k, v in feeds[0].items()}
+        names = output_names(graph)
         out = tmp_path_factory.mktemp("localize")
         paths = {}
         for precision in ("fp32", "int8_full"):
-            paths["onnx", precision] = export_onnx(graph, example, FRAME_OUTPUTS, out / f"frame_{precision}.onnx",
+            paths["onnx", precision] = export_onnx(graph, example, names, out / f"frame_{precision}.onnx",
                                                    precision, calibration=calib).path
-        fp32 = export_tflite(graph, example, FRAME_OUTPUTS, out / "frame_fp32.tflite", "fp32")
+        fp32 = export_tflite(graph, example, names, out / "frame_fp32.tflite", "fp32")
         paths["tflite", "fp32"] = fp32.path
-        paths["tflite", "int8_full"] = export_tflite(graph, example, FRAME_OUTPUTS, out / "frame_int8_full.tflite",
+        paths["tflite", "int8_full"] = export_tflite(graph, example, names, out / "frame_int8_full.tflite",
                                                      "int8_full", calibration=calib, float_model=fp32.path).path
     finally:
         logging.disable(logging.NOTSET)
@@ -82,8 +85,8 @@ def warp_tensors(target: str, path) -> tuple[set[str], str]:
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_int8_full_first_jump_is_in_the_warp(artifacts, target):
     paths, feeds = artifacts
-    loc = localize_divergence(target, paths[target, "fp32"], paths[target, "int8_full"], feeds[0])
-    assert isinstance(loc, Localization) and loc.target == target
+    loc = localize_divergence(RUNTIME[target], paths[target, "fp32"], paths[target, "int8_full"], feeds[0])
+    assert isinstance(loc, Localization) and loc.runtime == RUNTIME[target]
     assert len(loc.drifts) > 100, loc.note  # intermediates were observed and matched, not just the outputs
     positions = [d.position for d in loc.drifts]
     assert positions == sorted(positions), "drifts are not in the float model's execution order"
@@ -106,7 +109,7 @@ def test_int8_full_first_jump_is_in_the_warp(artifacts, target):
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_same_float_model_twice_has_no_jump(artifacts, target):
     paths, feeds = artifacts
-    loc = localize_divergence(target, paths[target, "fp32"], paths[target, "fp32"], feeds[0])
+    loc = localize_divergence(RUNTIME[target], paths[target, "fp32"], paths[target, "fp32"], feeds[0])
     assert loc.first_jump is None, loc.note
     assert len(loc.drifts) > 100
     assert all(math.isinf(d.psnr_db) and d.max_abs == 0 for d in loc.drifts)
@@ -122,7 +125,7 @@ def test_validate_attaches_the_localisation(artifacts, tmp_path):
         (tmp_path / "models" / paths["onnx", precision].name).write_bytes(paths["onnx", precision].read_bytes())
     np.savez(tmp_path / "golden" / "frame.npz", **{k: np.stack([f[k] for f in feeds]) for k in feeds[0]})
     inputs = [{"name": k} for k in feeds[0]]
-    entry = lambda p, name: {"name": name, "graph": "frame", "target": "onnx", "precision": p, "inputs": inputs,
+    entry = lambda p, name: {"name": name, "graph": "frame", "target": "onnx", "runtime": "onnxruntime", "precision": p, "inputs": inputs,
                              "file": f"models/frame_{name}.onnx", "golden": "golden/frame.npz"}
     failed = entry("int8", "int8_full")
     manifest = {"artifacts": [entry("fp32", "fp32"), failed]}
