@@ -1,6 +1,8 @@
 """The identity / frame / baked graphs reproduce the reference, with the documented contract."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from bilayer_mobile.export.graphs import (
     reconstruction_loss_gradient_explicit,
     unpack_adaptive_params,
 )
+from bilayer_mobile.export.target import output_names
 from bilayer_mobile.reference.model import reconstruction_loss_gradient, warp
 
 
@@ -32,21 +35,69 @@ def state(tiny_model, golden_inputs):
 def test_identity_graph_contract_and_parity(tiny_model, golden_inputs, state, golden):
     g = golden_inputs
     with torch.no_grad():
-        texture, flat = IdentityGraph(tiny_model)(g["source_img"], g["source_stickman"], g["source_kp"], g["source_mask"])
+        texture, flat = IdentityGraph(tiny_model, adaptive_layout(state))(g["source_img"], g["source_stickman"], g["source_kp"], g["source_mask"])
     layout = adaptive_layout(state)
     assert texture.shape == (1, 3, 256, 256)
     assert flat.shape == (1, sum(e.size for e in layout)) == (1, 4364)
     # the enhanced texture, computed with the explicit adjoint instead of autograd
     torch.testing.assert_close(texture, state.enhanced_texture, rtol=0, atol=1e-5)
     assert float((texture - torch.from_numpy(golden["pred_enh_tex_hf_rgbs"])).abs().max()) < 2e-4
-    torch.testing.assert_close(flat, pack_adaptive_params(state), rtol=0, atol=0)
+    torch.testing.assert_close(flat, pack_adaptive_params(state.adaptive_params), rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_model, state):
+    """Every graph of golden_tiny, frame graphs with and without their debug outputs."""
+    layout = adaptive_layout(state)
+    return [IdentityGraph(tiny_model, layout).eval()] + [
+        cls(tiny_model, arg, debug_outputs=debug).eval()
+        for cls, arg in ((FrameGraph, layout), (BakedFrameGraph, state)) for debug in (False, True)]
+
+
+def graph_inputs(graph, golden_inputs, state) -> dict[str, torch.Tensor]:
+    """The golden inputs of a graph, by the names its forward takes."""
+    g = golden_inputs
+    available = {"source_image": g["source_img"], "source_stickman": g["source_stickman"],
+                 "source_keypoints": g["source_kp"], "source_mask": g["source_mask"],
+                 "keypoints": g["target_kp"][1:2], "texture": state.enhanced_texture,
+                 "adaptive_params": pack_adaptive_params(state.adaptive_params)}
+    return {name: available[name] for name in inspect.signature(graph.forward).parameters}
+
+
+def test_graph_specs_match_what_forward_takes_and_returns(graphs, golden_inputs, state):
+    """The declared contract is the graph's real boundary: input names (in order) are forward's
+    argument names, and forward returns one tensor per declared output, of its shape and dtype."""
+    assert [type(g).__name__ for g in graphs].count("FrameGraph") == 2
+    for graph in graphs:
+        inputs = graph_inputs(graph, golden_inputs, state)
+        assert [t.name for t in graph.input_spec()] == list(inputs), graph.name
+        for spec in graph.input_spec():  # the golden inputs are of the declared shapes
+            assert tuple(inputs[spec.name].shape) == spec.shape, (graph.name, spec)
+        with torch.no_grad():
+            out = graph(**inputs)
+        out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+        specs = graph.output_spec()
+        assert len(out) == len(specs) == len(output_names(graph)), (graph.name, len(out), output_names(graph))
+        assert output_names(graph) == [t.name for t in specs]
+        for tensor, spec in zip(out, specs):
+            assert tuple(tensor.shape) == spec.shape, (graph.name, spec.name, tuple(tensor.shape), spec.shape)
+            assert str(tensor.dtype).removeprefix("torch.") == spec.dtype, (graph.name, spec.name, tensor.dtype)
+        # one declared name per tensor, and at least one output gated (what the user sees)
+        names = [t.name for t in graph.input_spec() + specs]
+        assert len(set(names)) == len(names), (graph.name, names)
+        assert any(t.gated for t in specs), graph.name
+    # the debug outputs add the warp (a sampling grid) and the low-frequency layer
+    frame, frame_debug = (g for g in graphs if type(g) is FrameGraph)
+    extra = frame_debug.output_spec()[len(frame.output_spec()):]
+    assert frame_debug.output_spec()[: len(frame.output_spec())] == frame.output_spec()
+    assert [t.kind for t in extra] == ["warp", "image"] and not any(t.gated for t in extra)
 
 
 def test_pack_unpack_round_trip(state):
     layout = adaptive_layout(state)
     kinds = [e.kind for e in layout]
     assert kinds == ["norm", "conv"] + ["norm", "norm", "conv"] * 5 + ["norm"]
-    params = unpack_adaptive_params(pack_adaptive_params(state), layout)
+    params = unpack_adaptive_params(pack_adaptive_params(state.adaptive_params), layout)
     for (w, b), (w2, b2) in zip(state.adaptive_params, params):
         assert torch.equal(w, w2) and torch.equal(b, b2)
 
@@ -56,7 +107,7 @@ def test_frame_graph_equals_render(tiny_model, golden_inputs, state):
     graph = FrameGraph(tiny_model, layout, debug_outputs=True)
     kp = golden_inputs["target_kp"][1:2]
     with torch.no_grad():
-        image, mask, uv, lowfreq = graph(kp, state.enhanced_texture, pack_adaptive_params(state))
+        image, mask, uv, lowfreq = graph(kp, state.enhanced_texture, pack_adaptive_params(state.adaptive_params))
     ref = tiny_model.render(state, kp)
     assert image.shape == (1, 3, 256, 256) and mask.shape == (1, 1, 256, 256) and uv.shape == (1, 256, 256, 2)
     for ours, theirs in ((image, ref.image), (mask, ref.mask), (uv, ref.uv), (lowfreq, ref.lowfreq)):
@@ -70,7 +121,7 @@ def test_baked_equals_dynamic(tiny_model, golden_inputs, state):
     for i in range(2):
         with torch.no_grad():
             a = baked(kp[i : i + 1])
-            b = dynamic(kp[i : i + 1], state.enhanced_texture, pack_adaptive_params(state))
+            b = dynamic(kp[i : i + 1], state.enhanced_texture, pack_adaptive_params(state.adaptive_params))
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
     # every folded constant is a contiguous tensor of its own (converters mis-handle strided views)

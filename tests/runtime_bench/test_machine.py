@@ -5,6 +5,7 @@ import platform
 
 import pytest
 
+from bilayer_mobile.reference.environment import toolchain_versions
 from bilayer_mobile.runtime_bench.machine import describe_machine, int8_dot_product, machine_line, same_kernels
 
 AVX2_ONLY = "cpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7763\nflags\t\t: fpu sse4_1 avx fma f16c avx2 bmi2\n"
@@ -65,11 +66,19 @@ def test_same_kernels_compares_features_and_runtimes(tmp_path, monkeypatch):
     b.write_text(VNNI)
     assert same_kernels(describe_machine(a, CPUID_AVX2), describe_machine(a, CPUID_AVX2))
     assert not same_kernels(describe_machine(a, CPUID_AVX2), describe_machine(b, CPUID_VNNI))
+    # the versions of the runtimes that run artifacts count; Python's and NumPy's do not
+    base = describe_machine(a, CPUID_AVX2)
+    other_python = {**base, "runtimes": {**base["runtimes"], "python": "0.0", "numpy": "0.0"}}
+    other_ort = {**base, "runtimes": {**base["runtimes"], "onnxruntime": "0.0"}}
+    assert same_kernels(base, other_python) and not same_kernels(base, other_ort)
 
 
 def test_this_machine_is_described():
     machine = describe_machine()
     assert machine["arch"] == platform.machine().lower() and machine["cores"] >= 1
     assert machine["int8_dot_product"] != ""
+    # the runtimes recorded are the toolchain's versions, the artifact runtimes installed here
+    assert machine["runtimes"] == toolchain_versions()
+    assert all(machine["runtimes"][name] != "not installed" for name in ("onnxruntime", "ai-edge-litert", "torch"))
     if machine["arch"] == "x86_64":
         assert "avx2" in machine["kernel_features"]  # every x86 CPU the pinned wheels support
