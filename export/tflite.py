@@ -339,7 +339,7 @@ def export_tflite(module: torch.nn.Module, example_inputs: dict[str, torch.Tenso
     The signature `serving_default` takes `example_inputs`' keys as input names and returns
     `output_names`. `calibration` (feeds keyed like example_inputs, numpy) is required for
     "int8" (and "int8_full"). The result lists the op types kept in float for the static int8
-    precisions. The conversion is not checked here: use `compare_with_torch`.
+    precisions. The conversion is not checked here: run it in LiteRT (`runtime_bench.validate`).
 
     float_model: the fp32 .tflite (path or bytes) of this same module and inputs from an earlier
     export_tflite call; the litert-torch conversion is then skipped and only the quantizer runs

@@ -1,6 +1,6 @@
 """Localise where a quantized artifact diverges from its float model, tensor by tensor.
 
-    loc = localize_divergence("onnx", Path("frame_fp32.onnx"), Path("frame_int8.onnx"), feed)
+    loc = localize_divergence("onnxruntime", Path("frame_fp32.onnx"), Path("frame_int8.onnx"), feed)
     loc.first_jump   # TensorDrift(name='grid_sampler', op_type='GridSample', position=186, psnr_db=23.6, ...)
 
 Both models run on the same feed with every intermediate float tensor observable, and every
