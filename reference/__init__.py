@@ -1,8 +1,8 @@
 """Faithful PyTorch reference of the bi-layer model's inference path (Zakharov et al., ECCV 2020).
 
-Public API::
+Public API (this package installs as `bilayer_mobile.reference`; it imports nothing else of the
+project)::
 
-    from bilayer_mobile.reference import BilayerConfig, BilayerModel, load_official_checkpoint
     model = load_official_checkpoint("runs/<experiment>")  # or load_official_state_dicts(model, {...})
     state = model.init_identity(image, keypoints)
     out = model.render(state, keypoints)
