@@ -8,9 +8,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup test test-fast bundle validate info docs clean
+.PHONY: setup gpu-driver test test-fast bundle validate coverage bench info docs clean
 
-setup: $(STAMP)
+setup: $(STAMP) gpu-driver
+
+# LiteRT's GPU accelerator and the compositing shaders need a Vulkan device; on a machine without
+# a GPU, Mesa's software driver (lavapipe >= 25, Debian bookworm-backports). Installed when root +
+# apt allow it; otherwise the script says what to do (and the GPU tests fail with that advice).
+gpu-driver:
+	@sh scripts/install-vulkan-driver.sh
 
 $(STAMP): requirements/lock.txt requirements/top.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,11 +27,11 @@ $(STAMP): requirements/lock.txt requirements/top.txt pyproject.toml
 	touch $(STAMP)
 
 # The whole suite, slow (paper-configuration) tests included.
-test: $(STAMP)
+test: setup
 	$(BIN)/python -m pytest -ra --durations=15
 
 # Everything but the slow tests (a quick check while developing).
-test-fast: $(STAMP)
+test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 # The main job on the built-in default model: export identity, frame and baked frame graphs to
@@ -33,7 +39,7 @@ test-fast: $(STAMP)
 # per target), validate every artifact in its runtime, publish the bundle with every artifact that
 # passed (failures go to rejected/, and make exits 1 after the demo) and print the parity table;
 # then render the reference on the packaged photos in reference/photos (frames, strip, GIF) for a look.
-bundle: $(STAMP)
+bundle: setup
 	@echo "== 1/3 model summary (builds the default model once; cached in ~/.cache/bilayer-mobile)"
 	$(BIN)/bilayer-mobile info
 	rm -rf $(OUT)/bundle
@@ -48,6 +54,20 @@ bundle: $(STAMP)
 	echo "bundle: $(OUT)/bundle (report: $(OUT)/bundle/reports/parity.md; converter log: $(OUT)/bundle/reports/export.log)"; \
 	echo "render demo: $(OUT)/render"; \
 	exit $$status
+
+# Which ops of each TFLite artifact LiteRT's GPU accelerator takes, and its fp16 parity.
+coverage: setup
+	$(BIN)/bilayer-mobile coverage $(OUT)/bundle
+
+# Host latency of the frame graphs, side by side in one run: the TFLite frame graphs with the
+# fused warp and with the decomposed one (two fp32 bundles) and ONNX's; numbers in docs/benchmarks.md.
+bench: setup
+	rm -rf $(OUT)/bench
+	$(BIN)/bilayer-mobile export --targets tflite,onnx --precisions fp32 --graphs frame,baked_frame --gpu off \
+		--out $(OUT)/bench/fused
+	$(BIN)/bilayer-mobile export --targets tflite --precisions fp32 --graphs frame,baked_frame --gpu off \
+		--warp decomposed --out $(OUT)/bench/decomposed
+	$(BIN)/bilayer-mobile bench $(OUT)/bench/fused $(OUT)/bench/decomposed --threads 2 --runs 30 --out $(OUT)/bench
 
 # Re-run the parity gate on an existing bundle.
 validate: $(STAMP)

@@ -3,7 +3,10 @@
 Subcommands:
   export    model -> validated on-device bundle (ONNX, TFLite/LiteRT; fp32, fp16, int8):
             bilayer_mobile.pipeline composes export and runtime_bench
-  validate  run every artifact of a bundle in its runtime, gate on parity with the reference
+  validate  run every artifact of a bundle in its runtime (TFLite frame graphs also on LiteRT's
+            GPU accelerator), gate on parity with the reference
+  coverage  which ops of each TFLite artifact the GPU accelerator takes, and its fp16 parity
+  contract  the graphs' tensor contract as Markdown tables (docs/contract.md)
   info    config, networks, parameter counts, MACs and warp size of a checkpoint (or the
           built-in default model)
   render  the PyTorch reference end to end on real photos: source photo + driver photos or
@@ -279,14 +282,15 @@ def cmd_export(args) -> int:
     from bilayer_mobile.runtime_bench.report import results_table
 
     config = ExportConfig(out=args.out, targets=_csv(args.targets), precisions=_csv(args.precisions),
-                          data_root=args.data_root, strict=args.strict)  # checks targets and precisions first
+                          data_root=args.data_root, strict=args.strict, warp=args.warp,
+                          graphs=_csv(args.graphs))  # checks the choices first
     if args.out.exists():
         raise OutputExistsError(f"output directory {args.out} already exists; choose another --out or remove it")
     source = _model_source(args)
     model = source.load()
     print(f"exporting {len(config.jobs())} artifacts of {source.describe()} to {args.out} "
           f"(converter output: {args.out / LOG_NAME})", file=sys.stderr, flush=True)
-    bundle = export_bundle(model, config, source.describe(), console=sys.stderr)
+    bundle = export_bundle(model, config, source.describe(), console=sys.stderr, gpu=args.gpu)
     print(results_table(bundle.report.results, set(bundle.rejected)))
     print(f"measured on: {machine_line(bundle.report.machine)}")
     published = len(bundle.manifest["artifacts"])
@@ -299,6 +303,44 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _add_gpu_arg(parser) -> None:
+    parser.add_argument("--gpu", choices=("auto", "require", "off"), default="auto",
+                        help="also run the TFLite frame graphs on LiteRT's real GPU accelerator (fp16) and the "
+                             "bundle's compositing shaders on the GPU driver: auto (default: when this machine has "
+                             "a Vulkan device / EGL, else say so), require (fail without one), off")
+
+
+def cmd_bench(args) -> int:
+    from bilayer_mobile.runtime_bench.benchmark import benchmark_bundles, benchmark_markdown, write_benchmark
+    from bilayer_mobile.runtime_bench.machine import describe_machine
+
+    for bundle in args.bundles:
+        if not (bundle / "manifest.json").is_file():
+            raise InputError(f"{bundle} is not a bundle (no manifest.json); pass directories written by `export`")
+    log = lambda line: print(f"\rbench: {line}", end="", file=sys.stderr, flush=True)
+    timings = benchmark_bundles(args.bundles, _csv(args.graphs), _csv(args.precisions), args.threads, args.runs,
+                                args.warmup, progress=log)
+    print(file=sys.stderr)
+    if not timings:
+        raise InputError(f"no artifact of graphs {args.graphs} at precisions {args.precisions} in {', '.join(map(str, args.bundles))}")
+    write_benchmark(args.out, timings, args.threads)
+    print(benchmark_markdown(timings, describe_machine(), args.threads))
+    return 0
+
+
+def cmd_coverage(args) -> int:
+    from bilayer_mobile.runtime_bench.coverage import coverage_markdown, gpu_coverage, write_coverage
+    from bilayer_mobile.runtime_bench.validate import validate_bundle
+
+    log = lambda step, line: print(line, file=sys.stderr, flush=True)
+    report = validate_bundle(args.bundle, progress=log, gpu="require", runtimes=("litert_gpu",))
+    coverage = gpu_coverage(args.bundle, report)
+    if args.write_reports:
+        write_coverage(args.bundle, coverage)
+    print(json.dumps(coverage, indent=2) if args.json else coverage_markdown(coverage))
+    return 0 if all(r.passed for r in report.results) else 1
+
+
 def cmd_validate(args) -> int:
     from bilayer_mobile.runtime_bench.machine import machine_line, same_kernels
     from bilayer_mobile.runtime_bench.report import gate_description, localization_line, results_table, write_reports
@@ -307,7 +349,7 @@ def cmd_validate(args) -> int:
     log = lambda step, line: print(line, file=sys.stderr, flush=True)
     # a rewritten report covers every artifact the bundle holds, rejected ones included
     include_rejected = args.include_rejected or args.write_reports
-    report = validate_bundle(args.bundle, progress=log, include_rejected=include_rejected)
+    report = validate_bundle(args.bundle, progress=log, include_rejected=include_rejected, gpu=args.gpu)
     if args.write_reports:
         write_reports(args.bundle, report)
     print(gate_description())
@@ -334,7 +376,9 @@ def cmd_validate(args) -> int:
               f"{', '.join(a['name'] for a in report.rejected)}")
     # the verdict is on the published artifacts; rejected ones count only when asked for
     rejected = {a["name"] for a in report.rejected}
-    failed = [r.name for r in report.failed if args.include_rejected or r.name not in rejected]
+    for line in report.not_run:
+        print(f"not run here: {line}")
+    failed = [r.name for r in report.failed if args.include_rejected or r.artifact not in rejected]
     if args.include_rejected:
         failed += [a["name"] for a in report.rejected if a.get("error")]
     if failed:
@@ -361,6 +405,8 @@ def _non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from bilayer_mobile.export.precisions import DEFAULT_PRECISIONS, SHIPPING_PRECISIONS
+    from bilayer_mobile.export.bundle import GRAPH_NAMES
+    from bilayer_mobile.export.warp import WARPS
     from bilayer_mobile.export.targets import TARGETS
 
     target_names = tuple(TARGETS)
@@ -413,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibration/golden data in the official dataset layout (default: the packaged photos, "
                              "augmented)")
     export.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist)")
+    export.add_argument("--warp", choices=WARPS, default="fused",
+                        help="the TFLite frame graphs' warp: fused (default; runs entirely on LiteRT's GPU accelerator "
+                             "and on XNNPACK) or decomposed (torch's grid_sample as litert-torch lowers it: GATHER_ND "
+                             "and rank-5 ops, which no GPU delegate takes; for comparison). ONNX keeps its native "
+                             "GridSample")
+    export.add_argument("--graphs", default=",".join(GRAPH_NAMES),
+                        help=f"comma-separated: {', '.join(GRAPH_NAMES)} (default: all)")
+    _add_gpu_arg(export)
     export.add_argument("--strict", action="store_true",
                         help="publish nothing when any artifact fails its parity gate (default: publish the "
                              "passing ones, move the failing ones to rejected/, exit 1)")
@@ -423,7 +477,34 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--write-reports", action="store_true", help="rewrite the bundle's reports/ with these results")
     validate.add_argument("--include-rejected", action="store_true",
                           help="also run the artifacts rejected at export (in rejected/)")
+    _add_gpu_arg(validate)
     validate.set_defaults(func=cmd_validate)
+
+    coverage = sub.add_parser("coverage", help="which ops of each TFLite artifact LiteRT's GPU accelerator takes, "
+                                               "and its fp16 parity",
+                              description="Compile every TFLite artifact of a bundle for LiteRT's GPU accelerator, "
+                                          "list its ops (name, version, count) and what the accelerator rejects "
+                                          "and why, and gate its fp16 parity on golden samples. Prints the "
+                                          "report's Markdown; --write-reports updates the bundle's "
+                                          "reports/coverage.{md,json}.")
+    coverage.add_argument("bundle", type=Path, help="bundle directory written by `export`")
+    coverage.add_argument("--json", action="store_true", help="print the JSON report instead of Markdown")
+    coverage.add_argument("--write-reports", action="store_true", help="rewrite reports/coverage.{md,json}")
+    coverage.set_defaults(func=cmd_coverage)
+
+    bench = sub.add_parser("bench", help="host latency of bundle artifacts side by side (LiteRT/XNNPACK, onnxruntime)",
+                           description="Time every frame-graph artifact of one or more bundles in its CPU runtime, "
+                                       "interleaved round-robin with the same thread count, and write "
+                                       "benchmark.{md,json,png}. Host numbers for comparing artifacts; lavapipe GPU "
+                                       "runs are never timed.")
+    bench.add_argument("bundles", type=Path, nargs="+", help="bundle directories written by `export`")
+    bench.add_argument("--graphs", default="frame,baked_frame", help="comma-separated graphs (default frame,baked_frame)")
+    bench.add_argument("--precisions", default="fp32", help="comma-separated precisions (default fp32)")
+    bench.add_argument("--threads", type=_positive_int, default=2, help="threads per runtime (default 2)")
+    bench.add_argument("--runs", type=_positive_int, default=30, help="timed runs per artifact (default 30)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed runs first (default 3)")
+    bench.add_argument("--out", type=Path, required=True, help="directory for benchmark.{md,json,png}")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

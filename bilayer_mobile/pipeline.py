@@ -25,6 +25,7 @@ from bilayer_mobile.export.errors import ExportError
 from bilayer_mobile.reference.errors import BilayerError
 from bilayer_mobile.reference.files import staging_directory
 from bilayer_mobile.reference.model import BilayerModel
+from bilayer_mobile.runtime_bench.coverage import gpu_coverage, write_coverage
 from bilayer_mobile.runtime_bench.report import results_table, write_reports
 from bilayer_mobile.runtime_bench.validate import ValidationReport, validate_bundle
 
@@ -36,10 +37,14 @@ LOG_NAME = "reports/export.log"
 STEP_COST = {
     ("prepare",): 25.0,  # real-face data, graphs and golden reference outputs
     ("convert", "identity"): 32.0, ("convert", "frame"): 8.0, ("convert", "baked_frame"): 8.0,
+    ("convert", "split_frame"): 7.0,
     ("derive", "identity", "fp32"): 6.0, ("derive", "identity", "fp16"): 6.5,
     ("validate", "identity"): 6.5, ("validate", "frame"): 0.5, ("validate", "baked_frame"): 0.5,
-    **{("derive", g, p): c for g in ("frame", "baked_frame")
+    ("validate", "split_frame"): 0.5, ("validate", "shaders"): 1.0,
+    **{("derive", g, p): c for g in ("frame", "baked_frame", "split_frame")
        for p, c in (("fp32", 0.2), ("fp16", 0.5), ("int8_dynamic", 0.5), ("int8", 2.5))},
+    # LiteRT's GPU accelerator on lavapipe (software Vulkan): compile + a few golden samples
+    **{("validate", g, "litert_gpu"): 3.0 for g in ("frame", "baked_frame", "split_frame")},
 }
 
 
@@ -66,16 +71,21 @@ def total_cost(config: ExportConfig) -> float:
     """The whole job's cost in `STEP_COST` units."""
     jobs = config.jobs()
     conversions = {(g, t) for g, t, _ in jobs}
+    gpu_runs = [g for g, t, _ in jobs if t == "tflite" and g != "identity"]
     return (STEP_COST["prepare",] + sum(STEP_COST["convert", g] for g, _ in conversions)
-            + sum(STEP_COST["derive", g, p] + STEP_COST["validate", g] for g, _, p in jobs))
+            + sum(STEP_COST["derive", g, p] + STEP_COST["validate", g] for g, _, p in jobs)
+            + sum(STEP_COST["validate", g, "litert_gpu"] for g in gpu_runs)
+            + (STEP_COST["validate", "shaders"] * 4 if "split_frame" in config.graphs else 0.0))
 
 
-def export_bundle(model: BilayerModel, config: ExportConfig, model_description: str, console: TextIO) -> ExportOutcome:
+def export_bundle(model: BilayerModel, config: ExportConfig, model_description: str, console: TextIO,
+                  gpu: str = "auto") -> ExportOutcome:
     """Export, validate and atomically publish a bundle at `config.out`.
 
     Artifacts below their gate go to `rejected/` and the rest is published; with
     `config.strict`, or when nothing passes, nothing is published and `ValidationFailed` is
     raised. One line per step goes to `console`; the converters' output to the bundle's log.
+    `gpu` is validate's GPU mode (`runtime_bench.validate.GPU_MODES`).
     """
     out = Path(config.out)
     if out.exists():
@@ -94,9 +104,9 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
                 if candidate.not_produced and config.strict:
                     raise ValidationFailed(f"{len(candidate.not_produced)} artifact(s) could not be produced, bundle "
                                            f"not written (--strict):\n{not_produced}")
-                report = validate_bundle(staging.path, progress=progress)
+                report = validate_bundle(staging.path, progress=progress, gpu=gpu)
                 progress.close()
-            failed = {r.name for r in report.failed}
+            failed = report.failed_artifacts
             if failed and config.strict:
                 raise ValidationFailed(f"{len(failed)} artifact(s) below threshold, bundle not written (--strict):\n"
                                        + results_table(report.results))
@@ -106,6 +116,7 @@ def export_bundle(model: BilayerModel, config: ExportConfig, model_description: 
             record_verdicts(candidate, failed, {r.name: r.figures() for r in report.results}, report.machine)
             report.rejected = candidate.manifest["rejected"]
             write_reports(staging.path, report)
+            write_coverage(staging.path, gpu_coverage(staging.path, report))
         except BaseException:
             if progress is not None:
                 progress.close()

@@ -7,6 +7,7 @@ A bundle directory holds:
                        adaptive-parameter layout, the identities of the golden and calibration
                        sets, tool versions
   models/              <graph>_<precision>.onnx / .tflite
+  shaders/             the split frame graph's compositing shaders (GLSL ES 3.00, WGSL)
   golden/<graph>.npz   real-face inputs and the PyTorch reference's outputs, keys = the contract's
                        tensor names, a leading sample axis
   reports/             parity.json, parity.md and plots (written by runtime_bench.report),
@@ -36,13 +37,15 @@ from ..reference.model import BilayerModel
 from ..reference.preprocessing import STICKMAN_PARTS
 from .calibration import DataSets, calibration_frame_feeds, frame_feeds, identity_feeds, identity_states
 from .errors import ExportError
-from .graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
+from .graphs import BakedFrameGraph, FrameGraph, IdentityGraph, SplitFrameGraph, adaptive_layout
 from .precisions import DEFAULT_PRECISIONS, IDENTITY_PRECISIONS, PRECISIONS, SHIPPING_PRECISIONS, needs_calibration
 from .targets import PLANNED_TARGETS, TARGETS
+from .warp import WARPS
 
 FORMAT = "bilayer-mobile-bundle"
-FORMAT_VERSION = 3  # 3: per-graph contracts, each artifact names its runtime
-GRAPH_NAMES = ("identity", "frame", "baked_frame")
+FORMAT_VERSION = 4  # 4: artifacts record their warp; the split frame graph and its shaders
+GRAPH_NAMES = ("identity", "frame", "baked_frame", "split_frame")
+SHADERS_DIR = Path(__file__).parent / "shaders"  # shipped in bundles beside the split frame graph
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class ExportConfig:
     seed: int = 2026
     data_root: Path | None = None
     strict: bool = False  # publish nothing when any artifact fails its gate
+    warp: str = "fused"  # the TFLite frame graphs' warp (export.warp.WARPS)
+    graphs: tuple[str, ...] = GRAPH_NAMES
 
     def __post_init__(self):
         for t in self.targets:
@@ -73,11 +78,16 @@ class ExportConfig:
                     raise ExportError(f"target {t} cannot export at {p}; it supports {', '.join(TARGETS[t].precisions)}")
         if not self.targets or not self.precisions:
             raise ExportError("at least one target and one precision are needed")
+        if self.warp not in WARPS:
+            raise ExportError(f"unknown warp {self.warp!r}; choose from {', '.join(WARPS)}")
+        unknown = [g for g in self.graphs if g not in GRAPH_NAMES]
+        if unknown or not self.graphs:
+            raise ExportError(f"unknown graph {', '.join(unknown) or '(none)'}; choose from {', '.join(GRAPH_NAMES)}")
 
     def jobs(self) -> list[tuple[str, str, str]]:
         """(graph, target, precision) of every artifact, grouped by graph then target (so each
         graph's float model is converted once per target and freed before the next)."""
-        return [(g, t, p) for g in GRAPH_NAMES for t in self.targets for p in self.precisions
+        return [(g, t, p) for g in GRAPH_NAMES if g in self.graphs for t in self.targets for p in self.precisions
                 if g != "identity" or p in IDENTITY_PRECISIONS]
 
 
@@ -146,24 +156,37 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
         "identity": IdentityGraph(model, layout),
         "frame": FrameGraph(model, layout, debug_outputs=True),
         "baked_frame": BakedFrameGraph(model, golden_states[0], debug_outputs=True),
+        "split_frame": SplitFrameGraph(model, layout),
     }
+    graphs = {name: graph for name, graph in graphs.items() if name in config.graphs}
+    frame = frame_feeds(model, data.golden, golden_states)
+    without_texture = lambda feed: {k: v for k, v in feed.items() if k != "texture"}
     feeds = {
         "identity": identity_feeds(data.golden, model.config.image_size),
-        "frame": frame_feeds(model, data.golden, golden_states),
+        "frame": frame,
         "baked_frame": [{"keypoints": kp[None].numpy()} for kp in data.golden[0].drivers],  # the baked identity
+        "split_frame": [without_texture(feed) for feed in frame],
     }
     calibration = {}
     if any(needs_calibration(p) for p in config.precisions):  # the identity graph is float only
+        frame_calibration = calibration_frame_feeds(model, data.calibration)
         calibration = {
-            "frame": calibration_frame_feeds(model, data.calibration),
+            "frame": frame_calibration,
             "baked_frame": [{"keypoints": kp[None].numpy()} for c in data.calibration for kp in c.drivers],
+            "split_frame": [without_texture(feed) for feed in frame_calibration],
         }
     golden_meta = {}
     for name, graph in graphs.items():
         path = directory / "golden" / f"{name}.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **_stack_feeds(feeds[name]), **reference_outputs(graph, feeds[name]))
+        arrays = {**_stack_feeds(feeds[name]), **reference_outputs(graph, feeds[name])}
+        if hasattr(graph, "composite_spec"):  # what validation composites the outputs with, and the image
+            reference_frame = FrameGraph(model, layout)
+            arrays["texture"] = _stack_feeds(frame)["texture"]
+            arrays["image"] = reference_outputs(reference_frame, frame)["image"]
+        np.savez(path, **arrays)
         golden_meta[f"golden/{name}.npz"] = {"sha256": sha256_file(path), "samples": len(feeds[name])}
+    shaders = copy_shaders(directory) if "split_frame" in graphs else {}
     progress(("prepare",), f"golden and calibration data ready in {time.perf_counter() - started:.1f} s "
                            f"(golden: {', '.join(data.golden_identities)}; calibration: "
                            f"{', '.join(data.calibration_identities)})")
@@ -171,7 +194,8 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
     artifacts, not_produced = [], []
     float_model, float_key, float_error = None, None, None
     for graph_name, target_name, precision in config.jobs():
-        target, graph = TARGETS[target_name], graphs[graph_name]
+        target = TARGETS[target_name]
+        graph = target.graph_for(graphs[graph_name], config.warp)
         name = f"{graph_name}_{precision}_{target_name}"
         file = Path("models") / f"{graph_name}_{precision}{target.extension}"
         example = {k: torch.from_numpy(v) for k, v in feeds[graph_name][0].items()}
@@ -205,7 +229,10 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
             "precision": precision, "file": str(file), "sha256": sha256_file(directory / file),
             "size_bytes": (directory / file).stat().st_size,
             "inputs": [t.as_dict() for t in graph.input_spec()], "outputs": [t.as_dict() for t in graph.output_spec()],
-            "golden": f"golden/{graph_name}.npz", "float_ops": notes.float_ops, "notes": notes.notes,
+            "golden": f"golden/{graph_name}.npz", "warp": target.warp_of(graph),
+            **({"composited": graph.composited, "composite_inputs": [t.as_dict() for t in graph.composite_spec()]}
+               if hasattr(graph, "composite_spec") else {}),
+            "float_ops": notes.float_ops, "notes": notes.notes,
             "export_seconds": round(seconds, 1),
         })
         progress(("derive", graph_name, precision), f"{name}: written in {seconds:.1f} s "
@@ -224,6 +251,8 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
         "preprocessing": preprocessing_constants(model),
         "data": data.describe(),
         "golden": golden_meta,
+        "warp": {"tflite": config.warp},
+        "shaders": shaders,
         "targets": {name: TARGETS[name].describe() for name in config.targets},
         "precisions": {name: PRECISIONS[name].description for name in config.precisions},
         "artifacts": artifacts,
@@ -237,6 +266,20 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
     }
     write_manifest(directory, manifest)
     return Candidate(directory, manifest, not_produced)
+
+
+def copy_shaders(directory: Path) -> dict[str, dict]:
+    """Copy the split frame graph's compositing shaders into `directory`/shaders; their manifest
+    entries (file -> sha256 and language)."""
+    languages = {".frag": "GLSL ES 3.00 fragment shader", ".wgsl": "WGSL"}
+    entries = {}
+    for source in sorted(SHADERS_DIR.iterdir()):
+        if source.suffix not in languages:
+            continue
+        rel = f"shaders/{source.name}"
+        write_text_atomic(directory / rel, source.read_text())
+        entries[rel] = {"sha256": sha256_file(directory / rel), "language": languages[source.suffix]}
+    return entries
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:

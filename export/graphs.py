@@ -11,6 +11,13 @@ and docs/contract.md's tables are generated from (`contract_tables`).
   low-frequency image). The app passes the identity graph's two outputs on unchanged.
 - `BakedFrameGraph`: the frame graph for one identity, its texture and adaptive parameters
   folded into constants: fewer inputs, the best case for quantization and accelerators.
+- `SplitFrameGraph`: the frame graph without its warp, for apps that warp with the GPU's
+  texture sampler: keypoints, adaptive parameters -> UV, low-frequency image, mask; the image is
+  composited by a shader the bundle ships (shaders/, `composite_image`).
+
+The frame graphs take their warp as a module (`export.warp`): the reference's `grid_sample`
+by default (golden outputs are computed with it), and a target may convert them with another
+form of the same sampling (`with_warp`; TFLite uses the fused warp).
 
 Everything is written with ordinary tensor ops that exporters map one to one. In particular
 the enhancer's inner gradient (autograd in the reference) is the adjoint of bilinear sampling,
@@ -18,12 +25,14 @@ a scatter-add of the four bilinear weights (`grid_sample_adjoint`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from ..reference.model import BilayerModel, IdentityState, mask_image, warp
+from .warp import GridSampleWarp, identity_grid_plus
 
 
 @dataclass(frozen=True)
@@ -212,17 +221,49 @@ class IdentityGraph(nn.Module):
         return texture, pack_adaptive_params(params)
 
 
-class FrameGraph(nn.Module):
+class _WarpedFrame(nn.Module):
+    """What the frame graphs share: the frame network, then image = lowfreq + warp(texture)."""
+
+    def __init__(self, model: BilayerModel, debug_outputs: bool, warp: nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.debug_outputs = debug_outputs
+        self.warp = warp if warp is not None else GridSampleWarp(model.inference_generator.identity_grid)
+
+    @property
+    def warp_kind(self) -> str:
+        """The warp's form: "decomposed" (torch's grid_sample) or "fused" (export.warp)."""
+        return self.warp.kind
+
+    def with_warp(self, warp: nn.Module) -> "_WarpedFrame":
+        """The same graph (sharing the model and constants) with another form of the warp."""
+        other = copy.copy(self)
+        other._modules = dict(self._modules)
+        other.warp = warp
+        return other
+
+    def output_spec(self) -> list[TensorSpec]:
+        return _frame_outputs(self.model.config.image_size, self.debug_outputs)
+
+    def _render(self, keypoints: Tensor, warp, params):
+        """The outputs, with `warp(delta_uv)` -> the warped texture."""
+        delta_uv, lowfreq, mask = self.model.predict_layers(keypoints, params)
+        image = lowfreq + warp(delta_uv)
+        if self.debug_outputs:
+            return image, mask, identity_grid_plus(delta_uv, self.model.inference_generator.identity_grid), lowfreq
+        return image, mask
+
+
+class FrameGraph(_WarpedFrame):
     """(keypoints, texture, adaptive_params) -> (image, mask[, uv, lowfreq])."""
 
     name = "frame"
     purpose = "once per frame: driving keypoints + the identity graph's outputs -> the frame"
 
-    def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry], debug_outputs: bool = False):
-        super().__init__()
-        self.model = model
+    def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry], debug_outputs: bool = False,
+                 warp: nn.Module | None = None):
+        super().__init__(model, debug_outputs, warp)
         self.layout = layout
-        self.debug_outputs = debug_outputs
 
     def input_spec(self) -> list[TensorSpec]:
         size, cfg = self.model.config.image_size, self.model.config
@@ -231,63 +272,187 @@ class FrameGraph(nn.Module):
                 _image("texture", size, "the identity graph's texture output", rng=None),
                 _adaptive_params(self.layout)]
 
-    def output_spec(self) -> list[TensorSpec]:
-        return _frame_outputs(self.model.config.image_size, self.debug_outputs)
-
     def forward(self, keypoints: Tensor, texture: Tensor, adaptive_params: Tensor):
-        params = unpack_adaptive_params(adaptive_params, self.layout)
-        uv, lowfreq, mask = self.model._predict(keypoints, params)
-        image = lowfreq + warp(texture, uv)
-        if self.debug_outputs:
-            return image, mask, uv, lowfreq
-        return image, mask
+        return self._render(keypoints, lambda delta: self.warp(texture, delta),
+                            unpack_adaptive_params(adaptive_params, self.layout))
 
 
-class BakedFrameGraph(nn.Module):
+class _FixedConv1x1(nn.Module):
+    """A baked `AdaptiveConv1x1`: an ordinary 1x1 convolution with the identity's weights."""
+
+    takes_adaptive_params = True
+
+    def __init__(self, weight: Tensor, bias: Tensor):
+        super().__init__()
+        self.conv = nn.Conv2d(weight.shape[2], weight.shape[1], 1)
+        self.conv.weight.data = weight[0, :, :, None, None].detach().clone().contiguous()
+        self.conv.bias.data = bias[0].detach().clone().contiguous()
+
+    def forward(self, x: Tensor, params) -> Tensor:
+        return self.conv(x)
+
+
+class _FixedAffineNorm(nn.Module):
+    """A baked adaptive norm: the parameter-free norm, then a constant scale and shift (a
+    per-channel vector for `AdaptiveBatchNorm`, a map for `AdaptiveSpadeBatchNorm`, whose 1x1
+    convs act on a learned constant and so fold into constants too)."""
+
+    takes_adaptive_params = True
+
+    def __init__(self, norm_layer: nn.Module, scale: Tensor, shift: Tensor):
+        super().__init__()
+        self.norm_layer = norm_layer
+        self.register_buffer("scale", scale.detach().clone().contiguous())
+        self.register_buffer("shift", shift.detach().clone().contiguous())
+
+    def forward(self, x: Tensor, params) -> Tensor:
+        return self.norm_layer(x) * self.scale + self.shift
+
+
+def bake_adaptive_layers(network: nn.Module, params: list[tuple[Tensor, Tensor]], run) -> nn.Module:
+    """A copy of `network` whose adaptive layers hold one identity's parameters as constants.
+
+    Each adaptive layer becomes an ordinary layer: a per-identity 1x1 conv a CONV_2D with constant
+    weights (a GPU accelerator rejects BATCH_MATMUL with a constant operand; XNNPACK takes
+    CONV_2D), an adaptive norm a constant affine, a SPADE norm's scale and shift maps constants.
+    `run(network_copy, params)` runs one forward pass, which records which entries each layer
+    consumes (the order in which the network takes them).
+    """
+    from ..reference.networks import AdaptiveBatchNorm, AdaptiveConv1x1, AdaptiveSpadeBatchNorm, adaptive_conv1x1
+
+    network = copy.deepcopy(network)
+    taken: list[int] = [0]
+    consumed: dict[nn.Module, list[tuple[Tensor, Tensor]]] = {}
+
+    def counting(entries):
+        for entry in entries:
+            taken[0] += 1
+            yield entry
+
+    leaves = [m for m in network.modules() if isinstance(m, (AdaptiveConv1x1, AdaptiveBatchNorm, AdaptiveSpadeBatchNorm))]
+    originals = {m: m.forward for m in leaves}
+
+    def recorder(module):
+        def forward(x, entries):
+            start = taken[0]
+            out = originals[module](x, entries)
+            consumed[module] = params[start:taken[0]]
+            return out
+        return forward
+
+    for m in leaves:
+        m.forward = recorder(m)
+    try:
+        with torch.no_grad():
+            run(network, counting(params))
+    finally:
+        for m in leaves:
+            del m.forward
+    parents = {child: (parent, name) for parent in network.modules() for name, child in parent.named_children()}
+    for m in leaves:
+        if m not in consumed:
+            continue  # a SPADE norm's own conv placeholders: never called
+        entries = consumed[m]
+        if isinstance(m, AdaptiveConv1x1):
+            fixed = _FixedConv1x1(*entries[0])
+        elif isinstance(m, AdaptiveBatchNorm):
+            scale, shift = entries[0]
+            fixed = _FixedAffineNorm(m.norm_layer, scale[:, :, None, None], shift[:, :, None, None])
+        else:
+            (w_weight, w_bias), (b_weight, b_bias) = entries
+            with torch.no_grad():
+                scale = adaptive_conv1x1(m.pixel_feats, w_weight, w_bias) + 1.0
+                shift = adaptive_conv1x1(m.pixel_feats, b_weight, b_bias)
+            fixed = _FixedAffineNorm(m.norm_layer, scale, shift)
+        parent, name = parents[m]
+        setattr(parent, name, fixed)
+    return network
+
+
+class BakedFrameGraph(_WarpedFrame):
     """The frame graph of one identity: keypoints -> (image, mask[, uv, lowfreq]).
 
-    The texture and adaptive parameters are stored as contiguous buffers of their own: a
-    converter that keeps a constant as a strided view of a larger tensor can silently
+    The identity is folded into the network (`bake_adaptive_layers`): its texture is a buffer
+    and every adaptive layer an ordinary layer with constant weights, so the graph has the
+    fewest inputs and the ops accelerators take best. Constants are contiguous buffers of their
+    own: a converter that keeps a constant as a strided view of a larger tensor can silently
     compute garbage (seen with litert-torch 0.10).
     """
 
     name = "baked_frame"
     purpose = "once per frame, one identity folded in: driving keypoints -> the frame"
 
-    def __init__(self, model: BilayerModel, state: IdentityState, debug_outputs: bool = False):
-        super().__init__()
+    def __init__(self, model: BilayerModel, state: IdentityState, debug_outputs: bool = False,
+                 warp: nn.Module | None = None):
         if state.batch_size != 1:
             raise ValueError("bake one identity at a time (state batch must be 1)")
-        self.model = model
-        self.debug_outputs = debug_outputs
+        baked = copy.copy(model)
+        baked._modules = dict(model._modules)
+        pose = model.keypoints_embedder(torch.zeros(1, 2 * model.config.num_keypoints, dtype=model.dtype))
+        baked.inference_generator = bake_adaptive_layers(model.inference_generator, list(state.adaptive_params),
+                                                         lambda network, entries: network(pose, entries))
+        super().__init__(baked, debug_outputs, warp)
         texture = state.enhanced_texture if state.enhanced_texture is not None else state.texture
-        self.register_buffer("texture", texture.detach().clone().contiguous())
-        self.num_params = len(state.adaptive_params)
+        self.texture = texture.detach().clone().contiguous()  # kept for `with_warp`, folded into the warp
+        self.baked_warp = self.warp.baked(self.texture)
         self.layout = adaptive_layout(state)
-        for i, (w, b) in enumerate(state.adaptive_params):
-            self.register_buffer(f"adaptive_{i:02d}_weight", w.detach().clone().contiguous())
-            self.register_buffer(f"adaptive_{i:02d}_bias", b.detach().clone().contiguous())
+
+    def with_warp(self, warp: nn.Module) -> "BakedFrameGraph":
+        other = super().with_warp(warp)
+        other.baked_warp = warp.baked(self.texture)
+        return other
 
     def input_spec(self) -> list[TensorSpec]:
         return [_keypoints("keypoints", self.model.config.num_keypoints, "the driving frame's landmarks, normalised "
                            "like source_keypoints")]
 
-    def output_spec(self) -> list[TensorSpec]:
-        return _frame_outputs(self.model.config.image_size, self.debug_outputs)
-
     def forward(self, keypoints: Tensor):
-        params = [(getattr(self, f"adaptive_{i:02d}_weight"), getattr(self, f"adaptive_{i:02d}_bias"))
-                  for i in range(self.num_params)]
-        uv, lowfreq, mask = self.model._predict(keypoints, params)
-        image = lowfreq + warp(self.texture, uv)
-        if self.debug_outputs:
-            return image, mask, uv, lowfreq
-        return image, mask
+        return self._render(keypoints, self.baked_warp, [])
+
+
+class SplitFrameGraph(nn.Module):
+    """The frame graph without its warp: (keypoints, adaptive_params) -> (uv, lowfreq, mask).
+
+    The app composites image = lowfreq + texture sampled at uv on the GPU (the bundle's shaders);
+    validation composites the artifact's outputs with the golden texture the same way.
+    """
+
+    name = "split_frame"
+    purpose = "once per frame, for apps that warp on the GPU: driving keypoints + adaptive parameters -> uv, lowfreq, mask"
+    # the image an app composites from the outputs and the identity's texture, gated like an output
+    composited = {"image": {"lowfreq": "lowfreq", "texture": "texture", "uv": "uv"}}
+
+    def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry]):
+        super().__init__()
+        self.model = model
+        self.layout = layout
+
+    def input_spec(self) -> list[TensorSpec]:
+        return [_keypoints("keypoints", self.model.config.num_keypoints, "the driving frame's landmarks, normalised "
+                           "like source_keypoints"), _adaptive_params(self.layout)]
+
+    def output_spec(self) -> list[TensorSpec]:
+        size = self.model.config.image_size
+        outputs = _frame_outputs(size, debug_outputs=True)
+        return [outputs[2], _image("lowfreq", size, "low-frequency layer of the image: the shader adds the warped "
+                                   "texture to it"), outputs[1]]
+
+    def composite_spec(self) -> list[TensorSpec]:
+        """What validation adds: the identity's texture (from the golden set) and the image the
+        bundle's compositor makes of it and the outputs (gated)."""
+        size = self.model.config.image_size
+        return [_image("texture", size, "the identity graph's texture output", rng=None),
+                _frame_outputs(size, debug_outputs=False)[0]]
+
+    def forward(self, keypoints: Tensor, adaptive_params: Tensor):
+        params = unpack_adaptive_params(adaptive_params, self.layout)
+        delta_uv, lowfreq, mask = self.model.predict_layers(keypoints, params)
+        return identity_grid_plus(delta_uv, self.model.inference_generator.identity_grid), lowfreq, mask
 
 
 @torch.no_grad()
 def contract_graphs(model: BilayerModel) -> list[nn.Module]:
-    """The three graphs of a bundle for `model`, as a bundle exports them (frame graphs with their
+    """The graphs of a bundle for `model`, as a bundle exports them (frame graphs with their
     debug outputs), for describing their contract: the baked identity is a blank crop's."""
     size, cfg = model.config.image_size, model.config
     had_enhancer = model.has_enhancer
@@ -298,7 +463,7 @@ def contract_graphs(model: BilayerModel) -> list[nn.Module]:
         model.has_enhancer = had_enhancer
     layout = adaptive_layout(state)
     return [IdentityGraph(model, layout), FrameGraph(model, layout, debug_outputs=True),
-            BakedFrameGraph(model, state, debug_outputs=True)]
+            BakedFrameGraph(model, state, debug_outputs=True), SplitFrameGraph(model, layout)]
 
 
 def contract_tables(graphs: list[nn.Module]) -> str:

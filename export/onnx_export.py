@@ -111,6 +111,10 @@ class OnnxTarget(Target):
         with converting(f"ONNX export of the {graph.name} graph"):
             return convert_float(graph, example_inputs, output_names(graph))
 
+    def warp_of(self, graph):
+        # grid_sample maps to ONNX's own GridSample op, which onnxruntime runs natively
+        return "native GridSample" if hasattr(graph, "warp_kind") else None
+
     def export(self, graph, example_inputs, precision, path, calibration=None, float_model=None) -> ArtifactNotes:
         with converting(f"ONNX {precision} conversion of the {graph.name} graph"):
             result = export_onnx(graph, example_inputs, output_names(graph), path, precision, calibration,

@@ -51,6 +51,16 @@ class Target(ABC):
         by input name) is needed by calibrated precisions; `float_model` is what
         `convert_float` returned for this graph (converted here when None)."""
 
+    def graph_for(self, graph: torch.nn.Module, warp: str) -> torch.nn.Module:
+        """The form of `graph` this target converts, for the warp asked for (`export.warp.WARPS`,
+        `--warp`). By default the graph as it is: its warp is torch's grid_sample."""
+        return graph
+
+    def warp_of(self, graph: torch.nn.Module) -> str | None:
+        """How the converted `graph` (from `graph_for`) warps, for the manifest; None for a graph
+        without a warp."""
+        return getattr(graph, "warp_kind", None)
+
     def describe(self) -> dict:
         """The manifest's entry for this target."""
         return {"runtime": self.runtime, "extension": self.extension, "precisions": list(self.precisions),

@@ -52,6 +52,7 @@ from ..reference.files import write_bytes_atomic
 from .errors import ConversionError, ExportError
 from .precisions import PRECISIONS, SHIPPING_PRECISIONS, needs_calibration
 from .target import ArtifactNotes, Target, converting, output_names
+from .warp import FusedWarp
 
 SIGNATURE = "serving_default"
 # Op types that get static int8 (weights and activations) in the `int8` precision.
@@ -102,6 +103,13 @@ class TfliteTarget(Target):
         "dynamic shapes": "static shapes only (those of the contract)",
     }
 
+    def graph_for(self, graph, warp):
+        # litert-torch decomposes grid_sample into ops no GPU delegate takes (export.warp)
+        if warp == "fused" and hasattr(graph, "with_warp"):
+            size = graph.model.config.image_size
+            return graph.with_warp(FusedWarp(size, size, gather=tfl_gather))
+        return graph
+
     def convert_float(self, graph, example_inputs):
         with converting(f"litert-torch conversion of the {graph.name} graph"):
             return convert_float(graph, example_inputs, output_names(graph))
@@ -111,6 +119,15 @@ class TfliteTarget(Target):
             result = export_tflite(graph, example_inputs, output_names(graph), path, precision, calibration,
                                    float_model=float_model)
         return ArtifactNotes(result.float_ops, result.notes)
+
+
+def tfl_gather(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of a 2-D table by a 1-D int32 index as one TFL GATHER (axis 0). litert-torch lowers
+    every torch indexing op to GATHER_ND, which the GPU delegates reject; its experimental TFL
+    op library emits GATHER directly (and runs it eagerly too)."""
+    import litert_torch.backend.experimental.torch_tfl  # noqa: F401  (registers torch.ops.tfl)
+
+    return torch.ops.tfl.gather(table, index, 0)
 
 
 @dataclass

@@ -184,11 +184,17 @@ class BilayerModel(nn.Module):
         embeddings = self.identity_embedder(embedder_input)
         return self.texture_generator(embeddings), self.inference_generator.adaptive_params(embeddings)
 
-    def _predict(self, keypoints: Tensor, params) -> tuple[Tensor, Tensor, Tensor]:
+    def predict_layers(self, keypoints: Tensor, params) -> tuple[Tensor, Tensor, Tensor]:
+        """The frame network's three outputs before the warp: the UV displacement [N, 2, H, W]
+        (grid_sample units, added to the identity grid), the low-frequency image and the mask."""
         pose = self.keypoints_embedder(keypoints)
         delta_uv, lowfreq, seg_logits = self.inference_generator(pose, params)
-        uv = self.inference_generator.identity_grid + delta_uv.permute(0, 2, 3, 1)
         mask = torch.sigmoid(seg_logits) if seg_logits is not None else torch.ones_like(lowfreq[:, :1])
+        return delta_uv, lowfreq, mask
+
+    def _predict(self, keypoints: Tensor, params) -> tuple[Tensor, Tensor, Tensor]:
+        delta_uv, lowfreq, mask = self.predict_layers(keypoints, params)
+        uv = self.inference_generator.identity_grid + delta_uv.permute(0, 2, 3, 1)
         return uv, lowfreq, mask
 
     def enhance_texture(self, texture: Tensor, source_image: Tensor, source_keypoints: Tensor, params,

@@ -20,6 +20,24 @@ THRESHOLDS_DB = {
     "int8_dynamic": 30.0,
     "int8": 30.0,
 }
+# Runtimes that compute at a lower precision than the artifact stores: LiteRT's GPU accelerator
+# runs in fp16 by default (what an app gets), so its runs are gated at the looser of the
+# artifact's precision and fp16 (`gate_precision`), on the gated outputs only: the UV error is
+# reported, not gated. fp16 arithmetic through the whole network moves the UV by ~0.14 px
+# (default model on lavapipe; the UV gates below are for fp16 *weights* with fp32 compute), and
+# what that does to the frame is what the image gate judges (41.9 dB there). A warp that breaks
+# in fp16 shows in the image (20.8 dB for a flat-index warp; export/warp.py).
+RUNTIME_COMPUTE_PRECISION = {"litert_gpu": "fp16"}
+
+
+def gate_precision(precision: str, runtime: str) -> str:
+    """The precision whose gate applies to an artifact of `precision` run in `runtime`."""
+    compute = RUNTIME_COMPUTE_PRECISION.get(runtime)
+    if compute is None or THRESHOLDS_DB[compute] >= THRESHOLDS_DB[precision]:
+        return precision
+    return compute
+
+
 # The UV gate of frame graphs: maximum mean UV error (output pixels), a floor plus a share of the
 # model's own warp. The warp is where quantization fails first: int8 sampling coordinates move
 # texels by ~1 px (measured: full int8 0.87-0.96 px, CONV/FC-only int8 0.28 px on a 3 px warp),

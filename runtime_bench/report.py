@@ -14,13 +14,15 @@ from .validate import ArtifactResult, ValidationReport
 
 
 def uv_limit_text(r: ArtifactResult) -> str:
-    return "-" if r.uv_error_px is None else f"{r.uv_error_px:.3f} (max {r.uv_limit_px:.3f})"
+    if r.uv_error_px is None:
+        return "-"
+    return f"{r.uv_error_px:.3f} " + ("(reported)" if r.uv_limit_px is None else f"(max {r.uv_limit_px:.3f})")
 
 
 def results_table(results: list[ArtifactResult], rejected: set[str] = frozenset()) -> str:
     """A Markdown table of every artifact: gated PSNR vs threshold and the other outputs.
     Artifacts named in `rejected` are marked as kept out of the bundle."""
-    lines = ["| artifact | target | precision | graph | gated PSNR (dB) | threshold (dB) | UV error (px) | result | other outputs |",
+    lines = ["| artifact | runtime | precision | graph | gated PSNR (dB) | threshold (dB) | UV error (px) | result | other outputs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         others = []
@@ -32,9 +34,12 @@ def results_table(results: list[ArtifactResult], rejected: set[str] = frozenset(
                 text += f" ({c.uv_error_px:.3f} px)"
             others.append(text)
         verdict = "PASS" if r.passed else "**FAIL**"
-        if r.name in rejected:
+        if r.gpu is not None:
+            verdict += ", " + ("fully accelerated" if r.gpu["fully_accelerated"] else "**not fully accelerated**")
+        if (r.artifact or r.name) in rejected:
             verdict += " (rejected/)"
-        lines.append(f"| {r.name} | {r.target} | {r.precision} | {r.graph} | {r.gated_psnr_db:.1f} | "
+        runtime = r.runtime + (f" ({r.samples} samples)" if r.gpu is not None else "")
+        lines.append(f"| {r.name} | {runtime} | {r.precision} | {r.graph} | {r.gated_psnr_db:.1f} | "
                      f"{r.threshold_db:.0f} | {uv_limit_text(r)} | {verdict} | {', '.join(others)} |")
     return "\n".join(lines)
 
@@ -60,12 +65,19 @@ def write_reports(bundle: Path, report: ValidationReport) -> None:
         "artifacts": [r.as_dict() for r in report.results],
         "rejected": sorted(rejected),
         "drift_from_recorded": report.drift,
+        "not_run": report.not_run,
     }, indent=2))
     md = ["# Parity of every artifact against the PyTorch reference", "",
           f"Measured on: {machine_line(report.machine)}.", "",
           "Each artifact ran in its real runtime on the bundle's golden inputs (real faces). PSNR uses the "
           "reference's range as peak; the worst sample is reported. Gates: " + gate_description() + ".", "",
-          results_table(report.results, rejected), ""]
+          results_table(report.results, rejected), "",
+          "Runs on LiteRT's GPU accelerator (`@litert_gpu`) use its default fp16 mode, on a few golden samples, and "
+          "are gated at the looser of the artifact's gate and fp16's; reports/coverage.md has the accelerator's "
+          "verdict for every TFLite artifact. Shader rows run the bundle's compositing shaders on this machine's GPU "
+          "driver (manual sampling gated at fp32, hardware sampling at fp16).", ""]
+    if report.not_run:
+        md += ["## Not run on this machine", ""] + [f"- {line}" for line in report.not_run] + [""]
     if rejected:
         md += ["## Rejected artifacts", "",
                "These failed their gate at export (or could not be produced) and are kept out of `models/`: their "

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..reference.errors import InputError
+from ..reference.errors import BilayerError, InputError
+
+
+class RuntimeUnavailable(BilayerError):
+    """A runtime a bundle names cannot run on this machine (no runner, no device, no driver);
+    the message says what is missing and how to get it."""
 
 
 class FeedError(InputError):

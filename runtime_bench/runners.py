@@ -3,25 +3,23 @@
 An exporter target names the runtime that runs its artifacts (`runtime` in each manifest
 entry); this table is the one place that name meets a runner class. A runtime that cannot run
 here (Core ML needs macOS, NNAPI a phone) is listed in `UNAVAILABLE` with the reason.
+"litert_gpu" is LiteRT's GPU accelerator, which runs every TFLite artifact a second time
+(`runtime_bench.validate`); it needs a Vulkan device (`GpuUnavailable` says how to get one).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..reference.errors import BilayerError
+from .litert_gpu_runner import LiteRtGpuRunner
 from .litert_runner import LiteRtRunner
 from .onnxruntime_runner import OnnxRuntimeRunner
-from .runner import Runner
+from .runner import Runner, RuntimeUnavailable
 
-RUNNERS: dict[str, type[Runner]] = {runner.runtime: runner for runner in (OnnxRuntimeRunner, LiteRtRunner)}
+RUNNERS: dict[str, type[Runner]] = {runner.runtime: runner for runner in (OnnxRuntimeRunner, LiteRtRunner, LiteRtGpuRunner)}
 UNAVAILABLE: dict[str, str] = {
     "coreml": "Core ML prediction needs macOS",
     "nnapi": "NNAPI needs an Android device (adb)",
 }
-
-
-class RuntimeUnavailable(BilayerError):
-    """No runner on this machine for a runtime a bundle names."""
 
 
 def make_runner(runtime: str, path: Path) -> Runner:

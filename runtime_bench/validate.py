@@ -31,13 +31,13 @@ import numpy as np
 from ..reference.errors import BilayerError
 from ..reference.files import sha256_file
 from .compare import (FIGURE_DRIFT_DB, FIGURE_DRIFT_UV_PX, FIGURE_PSNR_CEILING_DB, THRESHOLDS_DB, UV_TOLERANCE,
-                      OutputComparison, compare_output, warp_px)
+                      RUNTIME_COMPUTE_PRECISION, OutputComparison, compare_output, gate_precision, warp_px)
 from .machine import describe_machine
-from .runners import make_runner
+from .runners import RuntimeUnavailable, make_runner
 
 # The manifest layout this reader understands (export/bundle.py writes it).
 FORMAT = "bilayer-mobile-bundle"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 ARTIFACT_KEYS = ("name", "graph", "target", "runtime", "precision", "file", "sha256", "golden", "inputs", "outputs")
 
 
@@ -119,7 +119,9 @@ def check_integrity(bundle: Path, manifest: dict, include_rejected: bool = False
 
 @dataclass
 class ArtifactResult:
-    name: str
+    """One artifact run in one runtime (or one shipped shader run on one GPU driver)."""
+
+    name: str  # the artifact's name, `@runtime` appended for its runs in a further runtime
     target: str
     precision: str
     graph: str
@@ -133,10 +135,16 @@ class ArtifactResult:
     # failed int8 / int8_dynamic artifacts: per-tensor localisation against the fp32 artifact
     # (runtime_bench.localize.Localization.as_dict, or {"error": ...} when it could not run)
     localization: dict | None = None
+    artifact: str = ""  # the manifest entry this result judges ("" for a shader)
+    runtime: str = ""
+    samples: int = 0  # golden samples run
+    gpu: dict | None = None  # the GPU accelerator's verdict (litert_gpu_runner.GpuVerdict.as_dict)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "target": self.target, "precision": self.precision, "graph": self.graph,
+        return {"name": self.name, "artifact": self.artifact, "runtime": self.runtime, "samples": self.samples,
+                "target": self.target, "precision": self.precision, "graph": self.graph,
                 "threshold_db": self.threshold_db, "passed": self.passed, "gated_outputs": list(self.gated_outputs),
+                "gpu": self.gpu,
                 "warp_px": self.warp_px, "uv_limit_px": self.uv_limit_px,
                 "outputs": {k: v.as_dict() for k, v in self.outputs.items()}, "localization": self.localization}
 
@@ -159,13 +167,19 @@ class ArtifactResult:
                 "outputs_psnr_db": {k: psnr(v.psnr_db) for k, v in self.outputs.items()}}
 
 
-def run_artifact(bundle: Path, artifact: dict, image_size: int) -> tuple[ArtifactResult, dict]:
-    """Run one artifact on all its golden samples; returns the result and the worst sample's arrays."""
+def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | None = None,
+                 samples: int | None = None) -> tuple[ArtifactResult, dict]:
+    """Run one artifact on its golden samples (the first `samples` of them when given) in
+    `runtime` (default: the one its manifest entry names); returns the result and the worst
+    sample's arrays. A runtime that computes at a lower precision is gated at the looser gate
+    (`compare.gate_precision`)."""
     precision = artifact["precision"]
     if precision not in THRESHOLDS_DB:
         raise BundleError(f"artifact {artifact['name']} has precision {precision!r}, which has no parity gate "
                           f"(gated: {', '.join(THRESHOLDS_DB)}); re-export it with a shipping precision")
-    runner = make_runner(artifact["runtime"], Path(bundle) / artifact["file"])
+    runtime = runtime or artifact["runtime"]
+    gate = gate_precision(precision, runtime)
+    runner = make_runner(runtime, Path(bundle) / artifact["file"])
     problems = runner.check_contract(artifact["inputs"], artifact["outputs"])
     if problems:
         raise BundleError(f"{artifact['file']} does not honour its contract in manifest.json: {'; '.join(problems)}")
@@ -175,33 +189,61 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int) -> tuple[Artifac
     except Exception as exc:  # its sha256 matched, so the bundle was written this way: say so
         raise BundleError(f"cannot read {artifact['golden']} of {bundle}: {type(exc).__name__}: {exc}; "
                           "re-run `bilayer-mobile export`") from None
-    missing = [t["name"] for t in artifact["inputs"] + artifact["outputs"] if t["name"] not in data]
+    composited = artifact.get("composited") or {}
+    extra = [t for t in artifact.get("composite_inputs", [])]
+    missing = [t["name"] for t in artifact["inputs"] + artifact["outputs"] + extra if t["name"] not in data]
     if missing:
         raise BundleError(f"{artifact['golden']} lacks {', '.join(missing)} that {artifact['name']} needs; "
                           "re-run `bilayer-mobile export`")
-    outputs = {o["name"]: o for o in artifact["outputs"]}
+    outputs = {o["name"]: o for o in artifact["outputs"] + [t for t in extra if t["name"] in composited]}
     gated = tuple(name for name, spec in outputs.items() if spec.get("gated"))
-    samples = data[artifact["inputs"][0]["name"]].shape[0]
+    total = data[artifact["inputs"][0]["name"]].shape[0]
+    count = total if samples is None else min(samples, total)
     worst: dict[str, OutputComparison] = {}
     worst_arrays: dict = {}
-    for k in range(samples):
+    for k in range(count):
         result = runner.infer({i["name"]: data[i["name"]][k] for i in artifact["inputs"]})
+        for name, sources in composited.items():  # what an app composites from the outputs (split graph)
+            from .compositor import composite_numpy
+
+            known = {**{n: data[n][k] for n in data}, **result}
+            result[name] = composite_numpy(known[sources["lowfreq"]], known[sources["texture"]], known[sources["uv"]])
         for name, spec in outputs.items():
             comparison = compare_output(name, data[name][k], result[name], image_size, spec.get("kind", ""))
             if name not in worst or comparison.psnr_db < worst[name].psnr_db:
                 worst[name] = comparison
                 if name in gated:
                     worst_arrays = {"reference": data[name][k], "artifact": result[name], "output": name, "sample": k}
-    res = ArtifactResult(artifact["name"], artifact["target"], precision, artifact["graph"],
-                         THRESHOLDS_DB[precision], False, worst, gated)
+    primary = runtime == artifact["runtime"]
+    res = ArtifactResult(artifact["name"] if primary else f"{artifact['name']}@{runtime}", artifact["target"],
+                         precision, artifact["graph"], THRESHOLDS_DB[gate], False, worst, gated,
+                         artifact=artifact["name"], runtime=runtime, samples=count)
+    verdict = getattr(runner, "verdict", None)
+    if verdict is not None:
+        res.gpu = verdict.as_dict()
     uv_ok = True
     warps = [name for name, spec in outputs.items() if spec.get("kind") == "warp"]
     if warps:
         res.warp_px = max(warp_px(data[name], image_size) for name in warps)
-        res.uv_limit_px = UV_TOLERANCE[precision].limit_px(res.warp_px)
-        uv_ok = res.uv_error_px <= res.uv_limit_px
+        if runtime not in RUNTIME_COMPUTE_PRECISION:  # fp16 compute: reported, gated by the image
+            res.uv_limit_px = UV_TOLERANCE[gate].limit_px(res.warp_px)
+            uv_ok = res.uv_error_px <= res.uv_limit_px
     res.passed = bool(res.gated_psnr_db >= res.threshold_db and uv_ok)
     return res, worst_arrays
+
+
+# LiteRT's GPU accelerator runs every TFLite artifact of these graphs a second time, on this many
+# golden samples (lavapipe, the software Vulkan driver, takes seconds per frame on a CPU host).
+GPU_RUNTIME = "litert_gpu"
+GPU_GRAPHS = ("frame", "baked_frame", "split_frame")
+GPU_SAMPLES = 2
+GPU_MODES = ("auto", "require", "off")  # auto: run when the machine has a Vulkan device
+
+
+def further_runtimes(artifact: dict) -> list[str]:
+    """The runtimes besides its own that an artifact is validated in: the GPU accelerator for the
+    TFLite frame graphs."""
+    return [GPU_RUNTIME] if artifact["runtime"] == "litert" and artifact["graph"] in GPU_GRAPHS else []
 
 
 LOCALIZED_PRECISIONS = ("int8", "int8_dynamic")
@@ -229,9 +271,10 @@ def localize_failure(bundle: Path, manifest: dict, artifact: dict, sample: int) 
 
 @dataclass
 class ValidationReport:
-    """What `validate_bundle` found: one result per artifact run, the machine it ran on, the
-    bundle's recorded figures and machine (None for a bundle being exported), the figures that
-    moved from the recorded ones, and the artifacts rejected at export."""
+    """What `validate_bundle` found: one result per artifact and runtime (and per shipped shader),
+    the machine it ran on, the bundle's recorded figures and machine (None for a bundle being
+    exported), the figures that moved from the recorded ones, the artifacts rejected at export,
+    and what could not be run on this machine and why."""
 
     results: list[ArtifactResult]
     worst_case: dict
@@ -239,26 +282,40 @@ class ValidationReport:
     recorded_machine: dict | None = None
     drift: list[str] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    not_run: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[ArtifactResult]:
         return [r for r in self.results if not r.passed]
+
+    @property
+    def failed_artifacts(self) -> set[str]:
+        """The manifest entries with a failed run in any runtime."""
+        return {r.artifact for r in self.failed if r.artifact}
 
 
 def verdict_line(r: ArtifactResult) -> str:
     """PASS/FAIL with the gated PSNR and UV error, e.g. `PASS 35.7 dB (>= 30), UV 0.291 px (<= 0.54)`."""
     text = f"{'PASS' if r.passed else 'FAIL'} {r.gated_psnr_db:.1f} dB (>= {r.threshold_db:.0f})"
     if r.uv_error_px is not None:
-        text += f", UV {r.uv_error_px:.3f} px (<= {r.uv_limit_px:.3f})"
+        text += f", UV {r.uv_error_px:.3f} px" + (f" (<= {r.uv_limit_px:.3f})" if r.uv_limit_px is not None else " (reported)")
+    if r.gpu is not None:
+        text += ", " + ("fully accelerated" if r.gpu["fully_accelerated"] else "NOT fully accelerated")
     return text
 
 
-def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = False) -> ValidationReport:
+def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = False, gpu: str = "auto",
+                    gpu_samples: int = GPU_SAMPLES, runtimes: tuple[str, ...] | None = None) -> ValidationReport:
     """Check integrity, then run and compare every published artifact (and the rejected ones too
-    when `include_rejected`); compare the figures with those the bundle recorded.
+    when `include_rejected`) in its runtime, and the TFLite frame graphs also on the GPU
+    accelerator (`gpu`: "auto" when the machine has a Vulkan device, "require", "off"); run the
+    bundle's compositing shaders; compare the figures with those the bundle recorded.
+    `runtimes` keeps only the runs in those runtimes (e.g. ("litert_gpu",) for `coverage`).
 
-    progress(step, line) is called after each artifact with the step `("validate", graph)` and
-    a line that gives its verdict and time."""
+    progress(step, line) is called after each run with the step `("validate", graph)` and a
+    line that gives its verdict and time."""
+    if gpu not in GPU_MODES:
+        raise BundleError(f"unknown GPU mode {gpu!r}; choose from {', '.join(GPU_MODES)}")
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise BundleError(f"bundle directory {bundle} does not exist")
@@ -270,23 +327,47 @@ def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = 
     if not artifacts:
         raise BundleError(f"{bundle} lists no artifact to validate (manifest.json 'artifacts' is empty); "
                           "re-run `bilayer-mobile export`")
-    results, worst_case, worst_margin = [], {}, math.inf
-    for artifact in artifacts:
+    runs = [(a, a["runtime"], None) for a in artifacts]
+    if gpu != "off":
+        runs += [(a, r, gpu_samples) for a in artifacts for r in further_runtimes(a)]
+    if runtimes is not None:
+        runs = [run for run in runs if run[1] in runtimes]
+    results, worst_case, worst_margin, not_run = [], {}, math.inf, []
+    for artifact, runtime, samples in runs:
         started = time.perf_counter()
-        result, arrays = run_artifact(bundle, artifact, image_size)
-        if not result.passed and artifact["precision"] in LOCALIZED_PRECISIONS and "sample" in arrays:
+        try:
+            result, arrays = run_artifact(bundle, artifact, image_size, runtime, samples)
+        except RuntimeUnavailable as exc:
+            if gpu == "require" or runtime == artifact["runtime"]:
+                raise
+            not_run.append(f"{artifact['name']} on {runtime}: {exc}")
+            if progress:
+                progress(("validate", artifact["graph"]), f"{artifact['name']}@{runtime}: not run: {exc}")
+            continue
+        if not result.passed and artifact["precision"] in LOCALIZED_PRECISIONS and "sample" in arrays \
+                and runtime == artifact["runtime"]:
             result.localization = localize_failure(bundle, manifest, artifact, arrays["sample"])
         results.append(result)
         margin = result.gated_psnr_db - result.threshold_db
         if arrays and margin < worst_margin:
-            worst_margin, worst_case = margin, {**arrays, "artifact_name": artifact["name"]}
+            worst_margin, worst_case = margin, {**arrays, "artifact_name": result.name}
         if progress:
-            progress(("validate", artifact["graph"]), f"{artifact['name']}: {verdict_line(result)} "
+            step = ("validate", artifact["graph"]) + (() if runtime == artifact["runtime"] else (runtime,))
+            progress(step, f"{result.name}: {verdict_line(result)} "
                                                       f"(validated in {time.perf_counter() - started:.1f} s)")
+    if manifest.get("shaders") and runtimes is None:
+        from .shader_check import shader_results
+
+        shader_runs, unavailable = shader_results(bundle, manifest, image_size, required=gpu == "require")
+        results += shader_runs
+        not_run += unavailable
+        for r in shader_runs:
+            if progress:
+                progress(("validate", "shaders"), f"{r.name}: {verdict_line(r)}")
     recorded = manifest.get("validation")
     report = ValidationReport(results, worst_case, describe_machine(),
                               recorded_machine=recorded["machine"] if recorded else None,
-                              rejected=manifest.get("rejected", []))
+                              rejected=manifest.get("rejected", []), not_run=not_run)
     if recorded:
         report.drift = figure_drift(results, recorded["figures"])
     return report

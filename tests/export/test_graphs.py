@@ -18,6 +18,8 @@ from bilayer_mobile.export.graphs import (
 )
 from bilayer_mobile.export.target import output_names
 from bilayer_mobile.reference.model import reconstruction_loss_gradient, warp
+from bilayer_mobile.runtime_bench.compare import psnr_db
+from bilayer_mobile.reference.networks import AdaptiveBatchNorm, AdaptiveConv1x1, AdaptiveSpadeBatchNorm
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +124,16 @@ def test_baked_equals_dynamic(tiny_model, golden_inputs, state):
         with torch.no_grad():
             a = baked(kp[i : i + 1])
             b = dynamic(kp[i : i + 1], state.enhanced_texture, pack_adaptive_params(state.adaptive_params))
-        for x, y in zip(a, b):
-            torch.testing.assert_close(x, y, rtol=0, atol=0)
+        for x, y in zip(a, b):  # the same network with its identity folded in: fp32 round-off
+            assert psnr_db(y.numpy(), x.numpy()) > 90
+    # no adaptive layer is left: each became an ordinary layer with constants (CONV_2D, not
+    # BATCH_MATMUL with a constant operand, which the GPU accelerator rejects)
+    adaptive = (AdaptiveConv1x1, AdaptiveBatchNorm, AdaptiveSpadeBatchNorm)
+    assert not [m for m in baked.model.inference_generator.modules() if isinstance(m, adaptive)]
+    assert [m for m in dynamic.model.inference_generator.modules() if isinstance(m, adaptive)]
     # every folded constant is a contiguous tensor of its own (converters mis-handle strided views)
     for name, buffer in baked.named_buffers():
-        if name.startswith(("texture", "adaptive_")):
+        if name.startswith(("baked_warp", "model.inference_generator")):
             assert buffer.is_contiguous() and buffer.storage_offset() == 0, name
             assert buffer.untyped_storage().nbytes() == buffer.numel() * buffer.element_size(), name
 

@@ -22,6 +22,7 @@ from bilayer_mobile.export.errors import ExportError
 from bilayer_mobile.export.graphs import BakedFrameGraph, FrameGraph, IdentityGraph, adaptive_layout
 from bilayer_mobile.export.precisions import PRECISIONS, needs_calibration
 from bilayer_mobile.export.target import output_names
+from bilayer_mobile.export.targets import TARGETS
 from bilayer_mobile.export.tflite import contiguous_copy, export_tflite, fix_scatter_regions, op_histogram
 from bilayer_mobile.reference.config import BilayerConfig
 from bilayer_mobile.reference.default_model import scale_uv_head_, spectral_normalise_
@@ -115,7 +116,7 @@ def frame_exports(parity, warp_model, frame_data, tmp_path_factory) -> Exports:
     """FrameGraph (debug outputs) at every precision export.precisions defines (int8_full
     included); one litert-torch conversion, the quantized variants made from its fp32 model."""
     calibration, evaluation, layout = frame_data
-    graph = FrameGraph(warp_model, layout, debug_outputs=True).eval()
+    graph = TARGETS["tflite"].graph_for(FrameGraph(warp_model, layout, debug_outputs=True).eval(), "fused")
     out = tmp_path_factory.mktemp("tflite_frame")
     return export_and_measure(parity, graph, evaluation, calibration, out / "frame",
                               tuple(p for p in PRECISIONS if p != "fp32"))
@@ -165,8 +166,8 @@ def test_frame_int8_mixed_keeps_the_warp(frame_exports):
     # Deliberately mixed: only convolutions and linear layers are integer...
     assert set(op_histogram(result.path, only="quantized")) == {"CONV_2D", "FULLY_CONNECTED"}
     # ...and the warp (sampling coordinates, bilinear gather) is float, and reported as such.
-    assert {"GATHER_ND", "FLOOR", "ADD", "MUL", "SUB", "TANH"} <= set(result.float_ops), result.float_ops
-    assert any("GATHER_ND" in note for note in result.notes)
+    assert {"GATHER", "FLOOR", "ADD", "MUL", "SUB", "TANH"} <= set(result.float_ops), result.float_ops
+    assert any("GATHER" in note for note in result.notes)
 
 
 def test_full_int8_is_detected_as_destroying_the_warp(frame_exports):
@@ -184,7 +185,7 @@ def test_full_int8_is_detected_as_destroying_the_warp(frame_exports):
 def baked_exports(parity, warp_model, photos_dir, tmp_path_factory) -> Exports:
     clip = photo_clips(1, 4, seed=31, photos_dir=photos_dir)[0]
     state = warp_model.init_identity(clip.image[None], clip.keypoints[None])
-    graph = BakedFrameGraph(warp_model, state, debug_outputs=True).eval()
+    graph = TARGETS["tflite"].graph_for(BakedFrameGraph(warp_model, state, debug_outputs=True).eval(), "fused")
     evaluation = [{"keypoints": k[None].numpy()} for k in clip.drivers]
     # other poses of the same identity (the baked graph holds one)
     calibration = [{"keypoints": k[None].numpy()} for k in perturb_keypoints(clip.keypoints, 8, seed=33)]
@@ -316,6 +317,7 @@ def test_paper_frame_graph_gates(parity, default_model_paper, photos_dir, tmp_pa
     clip = evaluation_clips[0]
     graph = FrameGraph(model, adaptive_layout(model.init_identity(clip.image[None], clip.keypoints[None])),
                        debug_outputs=True).eval()
+    graph = TARGETS["tflite"].graph_for(graph, "fused")  # as bundles ship it
     exports = export_and_measure(parity, graph, evaluation, calibration, tmp_path / "frame", ("int8", "int8_full"))
     metrics = exports.metrics
     assert metrics["fp32"]["image"]["psnr_db"] >= THRESHOLDS_DB["fp32"], metrics["fp32"]

@@ -1,0 +1,191 @@
+"""The GPU coverage report: what LiteRT's GPU accelerator makes of every TFLite artifact.
+
+For each TFLite artifact of a bundle: its ops (name, version, count, from the flatbuffer), the
+accelerator's verdict as it reports it while compiling (fully accelerated or not, the ops it
+rejects and why, how many ops it runs on the GPU and how many it leaves to the CPU), the
+connected sets of ops it accepts (where it could place partitions), and the parity of the GPU
+run in the accelerator's default fp16 mode. `validate` produces the runs
+(`runtime_bench.validate`, runtime "litert_gpu"); this module only reads them and the model files.
+Written into every bundle as reports/coverage.{md,json}; `bilayer-mobile coverage BUNDLE` prints it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+from ..reference.files import atomic_write, write_text_atomic
+from .validate import GPU_RUNTIME, ValidationReport, load_manifest
+
+
+def _op_names() -> dict[int, str]:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+def model_ops(path: Path) -> list[dict]:
+    """The main subgraph's ops in execution order: type, version, output and input tensor ids,
+    output tensor names."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+    names, graph = _op_names(), model.subgraphs[0]
+    ops = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = names.get(builtin, f"OP_{builtin}")
+        if name == "CUSTOM" and code.customCode:
+            name = f"CUSTOM:{code.customCode.decode()}"
+        outputs = [i for i in op.outputs if i >= 0]
+        ops.append({"op": name, "version": int(code.version), "inputs": [i for i in op.inputs if i >= 0],
+                    "outputs": outputs, "tensors": [graph.tensors[i].name.decode() for i in outputs]})
+    return ops
+
+
+def op_table(ops: list[dict]) -> list[dict]:
+    """Op type and version -> count, sorted by count."""
+    counts = Counter((o["op"], o["version"]) for o in ops)
+    return [{"op": op, "version": version, "count": n} for (op, version), n in
+            sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def rejected_ops(ops: list[dict], verdict: dict) -> list[int]:
+    """Indices of the ops the accelerator's messages reject: the op named by its output tensor
+    where the message names one, else every op of the message's type (it prints a type whose
+    every instance it rejects once)."""
+    by_tensor = {t for r in verdict["rejected"] for t in r["tensors"]}
+    whole_types = {r["op"] for r in verdict["rejected"] if not r["tensors"]}
+    return [i for i, o in enumerate(ops) if o["op"] in whole_types or by_tensor & set(o["tensors"])]
+
+
+def accepted_sets(ops: list[dict], rejected: list[int]) -> int:
+    """How many connected sets (through tensors) the accepted ops form: the fewest partitions
+    the accelerator could run them in."""
+    rejected_set = set(rejected)
+    accepted = [i for i in range(len(ops)) if i not in rejected_set]
+    parent = {i: i for i in accepted}
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    producer = {t: i for i in accepted for t in ops[i]["outputs"]}
+    for i in accepted:
+        for t in ops[i]["inputs"]:
+            if t in producer:
+                parent[root(i)] = root(producer[t])
+    return len({root(i) for i in accepted})
+
+
+def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:
+    """The coverage of every TFLite artifact of `bundle` from `report`'s GPU runs; artifacts the
+    GPU did not run (no device here, or GPU validation off) say why."""
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    runs = {r.artifact: r for r in report.results if r.runtime == GPU_RUNTIME}
+    entries = []
+    for artifact in manifest["artifacts"] + [a for a in manifest.get("rejected", []) if a.get("file")]:
+        if artifact.get("runtime") != "litert" or not (bundle / artifact["file"]).is_file():
+            continue
+        ops = model_ops(bundle / artifact["file"])
+        entry = {"artifact": artifact["name"], "file": artifact["file"], "graph": artifact["graph"],
+                 "precision": artifact["precision"], "warp": artifact.get("warp"), "total_ops": len(ops),
+                 "ops": op_table(ops)}
+        run = runs.get(artifact["name"])
+        if run is None:
+            why = [line for line in report.not_run if line.startswith(f"{artifact['name']} on")]
+            entry["gpu"] = None
+            entry["not_run"] = why[0] if why else "not run on the GPU (only the frame graphs are, and only with --gpu auto/require)"
+        else:
+            verdict = run.gpu
+            rejected = rejected_ops(ops, verdict)
+            entry["gpu"] = {**verdict, "rejected_ops_in_model": len(rejected),
+                            "accepted_sets": accepted_sets(ops, rejected)}
+            psnr = lambda x: "inf" if math.isinf(x) else round(x, 2)
+            entry["gpu_parity"] = {"passed": run.passed, "threshold_db": run.threshold_db, "samples": run.samples,
+                                   "gated_psnr_db": psnr(run.gated_psnr_db),
+                                   "outputs_psnr_db": {k: psnr(v.psnr_db) for k, v in run.outputs.items()},
+                                   "uv_error_px": None if run.uv_error_px is None else round(run.uv_error_px, 4)}
+        entries.append(entry)
+    devices = sorted({e["gpu"]["device"] for e in entries if e.get("gpu") and e["gpu"]["device"]})
+    return {"accelerator": "LiteRT GPU accelerator (WebGPU / ML Drift), HardwareAccelerator.GPU | CPU, default fp16",
+            "devices": devices, "machine": report.machine, "artifacts": entries}
+
+
+def _fmt(x) -> str:
+    return x if isinstance(x, str) else f"{x:.1f}"
+
+
+def coverage_markdown(coverage: dict) -> str:
+    """The report as Markdown: one summary table, then each artifact's rejected ops and op list."""
+    device = ", ".join(coverage["devices"]) or "none (not run)"
+    lines = ["# GPU coverage of the TFLite artifacts", "",
+             f"Accelerator: {coverage['accelerator']}. Device: {device}. A software Vulkan device (lavapipe) runs "
+             "the same accelerator code as a phone's GPU, so verdicts and fp16 numerics hold; its timings do not.", "",
+             "| artifact | warp | ops | GPU verdict | ops on GPU / CPU | accepted sets | fp16 gated PSNR (dB) | "
+             "other outputs (dB) | gate | result |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in coverage["artifacts"]:
+        g = e.get("gpu")
+        if g is None:
+            lines.append(f"| {e['artifact']} | {e['warp'] or '-'} | {e['total_ops']} | not run | - | - | - | - | - | "
+                         f"{e['not_run']} |")
+            continue
+        p = e["gpu_parity"]
+        verdict = "fully accelerated" if g["fully_accelerated"] else "**NOT fully accelerated**"
+        others = ", ".join(f"{k} {_fmt(v)}" for k, v in p["outputs_psnr_db"].items())
+        lines.append(f"| {e['artifact']} | {e['warp'] or '-'} | {e['total_ops']} | {verdict} | "
+                     f"{g['gpu_ops']} / {g['cpu_ops']} | {g['accepted_sets']} | {_fmt(p['gated_psnr_db'])} | {others} | "
+                     f">= {p['threshold_db']:.0f} | {'PASS' if p['passed'] else '**FAIL**'} |")
+    lines.append("")
+    for e in coverage["artifacts"]:
+        lines += [f"## {e['artifact']}", ""]
+        g = e.get("gpu")
+        if g and g["rejected"]:
+            lines += ["Rejected by the accelerator (its own messages):", ""]
+            lines += [f"- {r['op']}: {r['reason']}" + (f" ({len(r['tensors'])} ops)" if r["tensors"] else "")
+                      for r in g["rejected"]]
+            lines.append("")
+        lines.append("ops: " + ", ".join(f"{o['op']} v{o['version']} x{o['count']}" for o in e["ops"]))
+        lines.append("")
+    if any(e.get("gpu") for e in coverage["artifacts"]):
+        lines += ["![ops on the GPU and on the CPU per artifact](coverage.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_coverage(coverage: dict, path: Path) -> None:
+    """Stacked bars of the ops each artifact runs on the GPU and leaves to the CPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [e for e in coverage["artifacts"] if e.get("gpu")]
+    names = [e["artifact"] for e in runs]
+    gpu = [e["gpu"]["gpu_ops"] or 0 for e in runs]
+    cpu = [e["gpu"]["cpu_ops"] or 0 for e in runs]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(runs) + 1.2))
+    ax.barh(range(len(runs)), gpu, color="tab:green", label="GPU")
+    ax.barh(range(len(runs)), cpu, left=gpu, color="tab:red", label="CPU (rejected or cut off)")
+    ax.set_yticks(range(len(runs)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ops")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+
+
+def write_coverage(bundle: Path | str, coverage: dict) -> None:
+    """reports/coverage.json, reports/coverage.md and its plot."""
+    reports = Path(bundle) / "reports"
+    reports.mkdir(exist_ok=True)
+    if any(e.get("gpu") for e in coverage["artifacts"]):
+        plot_coverage(coverage, reports / "coverage.png")
+    write_text_atomic(reports / "coverage.json", json.dumps(coverage, indent=2))
+    write_text_atomic(reports / "coverage.md", coverage_markdown(coverage))
