@@ -295,12 +295,18 @@ def cmd_export(args) -> int:
     print(f"measured on: {machine_line(bundle.report.machine)}")
     published = len(bundle.manifest["artifacts"])
     print(f"wrote {args.out}: {published} artifacts in models/ (report: {args.out / 'reports' / 'parity.md'})")
+    status = 0
     if bundle.rejected:
         print(f"FAIL: {len(bundle.rejected)} artifact(s) below their gate or not produced, kept out of models/ "
               f"(files in {args.out / 'rejected'}, figures in {args.out / 'reports' / 'parity.md'}): "
               f"{', '.join(bundle.rejected)}", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    if bundle.failed_further_runs:
+        print(f"FAIL: {len(bundle.failed_further_runs)} run(s) on the GPU below their gate (the artifacts pass on the "
+              f"CPU and are published; on the GPU run them with GpuOptions(enforce_f32=True) or not at all; "
+              f"{args.out / 'reports' / 'coverage.md'}): {', '.join(bundle.failed_further_runs)}", file=sys.stderr)
+        status = 1
+    return status
 
 
 def _add_gpu_arg(parser) -> None:
@@ -384,7 +390,8 @@ def cmd_validate(args) -> int:
     if failed:
         print(f"FAIL: {len(failed)} artifact(s) below threshold or missing: {', '.join(failed)}", file=sys.stderr)
         return 1
-    print(f"PASS: {len(report.results)} artifacts")
+    artifacts = {r.artifact for r in report.results if r.artifact}
+    print(f"PASS: {len(artifacts)} artifacts in {len(report.results)} runs (GPU accelerator and shaders included)")
     return 0
 
 

@@ -66,6 +66,12 @@ class ExportOutcome:
     report: ValidationReport
     rejected: list[str]
 
+    @property
+    def failed_further_runs(self) -> list[str]:
+        """Runs on the GPU accelerator or of the shaders that failed (their artifacts are kept:
+        they pass in their own runtime)."""
+        return self.report.failed_further_runs
+
 
 def total_cost(config: ExportConfig) -> float:
     """The whole job's cost in `STEP_COST` units."""

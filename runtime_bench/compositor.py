@@ -25,7 +25,7 @@ agree to round-off. float32 textures are filterable only with OES_texture_float_
 or the "float32-filterable" feature (WebGPU); without it the hardware mode samples an RGBA16F
 copy. Neither API's portable subset has a zero border colour, so both shaders clamp to the edge
 and scale by the part of the footprint inside the texture, which is exact zero padding.
-Measured figures: docs/split_variant_draft.md.
+Measured figures: docs/gpu.md ("The split variant").
 """
 from __future__ import annotations
 

@@ -9,11 +9,12 @@ verdicts and numerics, never timings.
 The accelerator computes in fp16 unless told otherwise (`enforce_f32`): that is the mode an app
 gets by default, and the one validation gates. Ops the accelerator rejects run on the CPU
 (`HardwareAccelerator.GPU | CPU`); it says which and why only on stderr, so the runner reads
-its stderr while compiling and keeps the verdict (`GpuVerdict`).
+its output while compiling and keeps the verdict (`GpuVerdict`).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -27,6 +28,7 @@ import numpy as np
 from .litert_runner import tensor_info
 from .runner import Runner, RuntimeUnavailable
 
+_log = logging.getLogger(__name__).info  # the accelerator's own output (export.log under `export`)
 VULKAN_ADVICE = ("the LiteRT GPU accelerator needs a Vulkan device; on a machine without a GPU install Mesa's "
                  "lavapipe >= 25 (Debian: `make setup` as root, or scripts/install-vulkan-driver.sh)")
 
@@ -101,24 +103,28 @@ def parse_verdict(log: str, fully_accelerated: bool, total_ops: int, fp16: bool)
 
 
 @contextlib.contextmanager
-def stderr_captured() -> Iterator[list[str]]:
-    """Capture what is written to file descriptor 2 (C++ included) inside the block; the text is
-    appended to the yielded list and then also written to the real stderr (a log, perhaps)."""
+def native_output_captured() -> Iterator[list[str]]:
+    """Capture what is written to file descriptors 1 and 2 (C++ included) inside the block: the
+    accelerator's verdict for the runner, and its chatter kept off the console. The text is
+    appended to the yielded list and logged (`bilayer-mobile export` keeps it in export.log)."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     text: list[str] = []
     with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
+        for fd in saved:
+            os.dup2(capture.fileno(), fd)
         try:
             yield text
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
             capture.seek(0)
-            data = capture.read()
-            text.append(data.decode("utf-8", "replace"))
-            os.write(2, data)
+            text.append(capture.read().decode("utf-8", "replace"))
+            _log("".join(text))
 
 
 def _op_count(path: Path) -> int:
@@ -147,7 +153,7 @@ class LiteRtGpuRunner(Runner):
         gpu_options = GpuOptions(enforce_f32=True) if enforce_f32 else None
         options = Options(hardware_accelerators=HardwareAccelerator.GPU | HardwareAccelerator.CPU,
                           gpu_options=gpu_options)
-        with stderr_captured() as log:
+        with native_output_captured() as log:
             try:
                 self._model = CompiledModel.from_file(str(self.path), options=options)
                 error = None

@@ -10,7 +10,8 @@ import numpy as np
 from ..reference.files import atomic_write, write_text_atomic
 from .compare import THRESHOLDS_DB, UV_TOLERANCE
 from .machine import machine_line
-from .validate import ArtifactResult, ValidationReport
+from .results import ArtifactResult
+from .validate import ValidationReport
 
 
 def uv_limit_text(r: ArtifactResult) -> str:

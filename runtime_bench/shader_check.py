@@ -16,7 +16,7 @@ import numpy as np
 
 from .compare import THRESHOLDS_DB, compare_output
 from .runner import RuntimeUnavailable
-from .validate import ArtifactResult
+from .results import ArtifactResult
 
 # (shader file suffix, API, mode) -> the precision whose gate applies
 SHADER_MODES = {("frag", "manual"): "fp32", ("frag", "hardware"): "fp16",

@@ -33,6 +33,7 @@ from ..reference.files import sha256_file
 from .compare import (FIGURE_DRIFT_DB, FIGURE_DRIFT_UV_PX, FIGURE_PSNR_CEILING_DB, THRESHOLDS_DB, UV_TOLERANCE,
                       RUNTIME_COMPUTE_PRECISION, OutputComparison, compare_output, gate_precision, warp_px)
 from .machine import describe_machine
+from .results import ArtifactResult
 from .runners import RuntimeUnavailable, make_runner
 
 # The manifest layout this reader understands (export/bundle.py writes it).
@@ -115,56 +116,6 @@ def check_integrity(bundle: Path, manifest: dict, include_rejected: bool = False
                     f"{rel} does not match manifest.json (sha256 {actual[:12]}... != {expected[:12]}...): the file was "
                     "modified or truncated after export; re-run `bilayer-mobile export`"
                 )
-
-
-@dataclass
-class ArtifactResult:
-    """One artifact run in one runtime (or one shipped shader run on one GPU driver)."""
-
-    name: str  # the artifact's name, `@runtime` appended for its runs in a further runtime
-    target: str
-    precision: str
-    graph: str
-    threshold_db: float
-    passed: bool
-    outputs: dict[str, OutputComparison] = field(default_factory=dict)  # worst sample per output
-    gated_outputs: tuple[str, ...] = ()  # the outputs the contract marks as gated
-    # frame graphs: the reference's mean warp (px) and the UV error allowed for it
-    warp_px: float | None = None
-    uv_limit_px: float | None = None
-    # failed int8 / int8_dynamic artifacts: per-tensor localisation against the fp32 artifact
-    # (runtime_bench.localize.Localization.as_dict, or {"error": ...} when it could not run)
-    localization: dict | None = None
-    artifact: str = ""  # the manifest entry this result judges ("" for a shader)
-    runtime: str = ""
-    samples: int = 0  # golden samples run
-    gpu: dict | None = None  # the GPU accelerator's verdict (litert_gpu_runner.GpuVerdict.as_dict)
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "artifact": self.artifact, "runtime": self.runtime, "samples": self.samples,
-                "target": self.target, "precision": self.precision, "graph": self.graph,
-                "threshold_db": self.threshold_db, "passed": self.passed, "gated_outputs": list(self.gated_outputs),
-                "gpu": self.gpu,
-                "warp_px": self.warp_px, "uv_limit_px": self.uv_limit_px,
-                "outputs": {k: v.as_dict() for k, v in self.outputs.items()}, "localization": self.localization}
-
-    @property
-    def gated_psnr_db(self) -> float:
-        gated = [self.outputs[n].psnr_db for n in self.gated_outputs if n in self.outputs]
-        return min(gated) if gated else math.nan
-
-    @property
-    def uv_error_px(self) -> float | None:
-        errors = [c.uv_error_px for c in self.outputs.values() if c.uv_error_px is not None]
-        return max(errors) if errors else None
-
-    def figures(self) -> dict:
-        """The numbers a later `validate` compares with: gated PSNR, UV error, every output's PSNR."""
-        psnr = lambda x: "inf" if math.isinf(x) else round(x, 2)
-        return {"passed": self.passed, "gated_psnr_db": psnr(self.gated_psnr_db),
-                "uv_error_px": None if self.uv_error_px is None else round(self.uv_error_px, 4),
-                "uv_limit_px": None if self.uv_limit_px is None else round(self.uv_limit_px, 4),
-                "outputs_psnr_db": {k: psnr(v.psnr_db) for k, v in self.outputs.items()}}
 
 
 def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | None = None,
@@ -290,8 +241,15 @@ class ValidationReport:
 
     @property
     def failed_artifacts(self) -> set[str]:
-        """The manifest entries with a failed run in any runtime."""
-        return {r.artifact for r in self.failed if r.artifact}
+        """The manifest entries that failed in their own runtime (what export rejects)."""
+        return {r.artifact for r in self.failed if r.name == r.artifact}
+
+    @property
+    def failed_further_runs(self) -> list[str]:
+        """Failed runs beyond the artifacts' own runtimes: GPU accelerator runs and shaders. An
+        artifact that passes in its own runtime and fails on the GPU in fp16 is kept (it is right
+        on the CPU) and named here, so that export and validate still exit 1."""
+        return [r.name for r in self.failed if r.name != r.artifact]
 
 
 def verdict_line(r: ArtifactResult) -> str:
@@ -308,8 +266,8 @@ def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = 
                     gpu_samples: int = GPU_SAMPLES, runtimes: tuple[str, ...] | None = None) -> ValidationReport:
     """Check integrity, then run and compare every published artifact (and the rejected ones too
     when `include_rejected`) in its runtime, and the TFLite frame graphs also on the GPU
-    accelerator (`gpu`: "auto" when the machine has a Vulkan device, "require", "off"); run the
-    bundle's compositing shaders; compare the figures with those the bundle recorded.
+    accelerator and run the bundle's compositing shaders on the GPU driver (`gpu`: "auto" when
+    the machine has them, "require", "off"); compare the figures with those the bundle recorded.
     `runtimes` keeps only the runs in those runtimes (e.g. ("litert_gpu",) for `coverage`).
 
     progress(step, line) is called after each run with the step `("validate", graph)` and a
@@ -355,7 +313,7 @@ def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = 
             step = ("validate", artifact["graph"]) + (() if runtime == artifact["runtime"] else (runtime,))
             progress(step, f"{result.name}: {verdict_line(result)} "
                                                       f"(validated in {time.perf_counter() - started:.1f} s)")
-    if manifest.get("shaders") and runtimes is None:
+    if manifest.get("shaders") and runtimes is None and gpu != "off":
         from .shader_check import shader_results
 
         shader_runs, unavailable = shader_results(bundle, manifest, image_size, required=gpu == "require")
