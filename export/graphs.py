@@ -221,6 +221,49 @@ class IdentityGraph(nn.Module):
         return texture, pack_adaptive_params(params)
 
 
+class _ChannelsLastConv1x1(nn.Module):
+    """`AdaptiveConv1x1` contracting over channels-last pixels: one BATCH_MATMUL(pixels [N, HW, C],
+    W [N, Co, C], adj_y) between the convolutions' NHWC tensors, where `torch.bmm(W, x)` costs a
+    TRANSPOSE on each side in a TFLite graph. The same sums as the reference in another order
+    (float32 round-off apart, exact in float64). The pixels stay 3-D: a 4-D [N, H, W, C] operand was computed wrongly
+    by the LiteRT 2.3 GPU accelerator."""
+
+    takes_adaptive_params = True
+
+    def forward(self, x: Tensor, params) -> Tensor:
+        weight, bias = next(params)
+        n, c, h, w = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+        out = torch.einsum("npc,noc->npo", pixels, weight) + bias[:, None, :]
+        return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def for_mobile_runtimes(network: nn.Module) -> nn.Module:
+    """A copy of the frame network shaped for XNNPACK and the GPU accelerator, computing the same
+    numbers: each adaptive skip conv of an upsampling block runs before the nearest upsampling
+    (a per-pixel op commutes with it: 4x fewer pixels), and contracts channels-last
+    (`_ChannelsLastConv1x1`). Neither layer holds weights, so nothing else changes."""
+    from ..reference.networks import AdaptiveConv1x1, ResBlock
+
+    network = copy.deepcopy(network)
+    for block in network.modules():
+        if not (isinstance(block, ResBlock) and block.has_skip):
+            continue
+        layers = list(block.skip)
+        if len(layers) == 2 and isinstance(layers[0], nn.Upsample) and isinstance(layers[1], AdaptiveConv1x1):
+            layers = [layers[1], layers[0]]
+        block.skip = nn.Sequential(*[_ChannelsLastConv1x1() if isinstance(m, AdaptiveConv1x1) else m for m in layers])
+    return network
+
+
+def _frame_model(model: BilayerModel) -> BilayerModel:
+    """`model` sharing every network but a frame network of its own (`for_mobile_runtimes`)."""
+    shaped = copy.copy(model)
+    shaped._modules = dict(model._modules)
+    shaped.inference_generator = for_mobile_runtimes(model.inference_generator)
+    return shaped
+
+
 class _WarpedFrame(nn.Module):
     """What the frame graphs share: the frame network, then image = lowfreq + warp(texture)."""
 
@@ -262,7 +305,7 @@ class FrameGraph(_WarpedFrame):
 
     def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry], debug_outputs: bool = False,
                  warp: nn.Module | None = None):
-        super().__init__(model, debug_outputs, warp)
+        super().__init__(_frame_model(model), debug_outputs, warp)
         self.layout = layout
 
     def input_spec(self) -> list[TensorSpec]:
@@ -329,7 +372,8 @@ def bake_adaptive_layers(network: nn.Module, params: list[tuple[Tensor, Tensor]]
             taken[0] += 1
             yield entry
 
-    leaves = [m for m in network.modules() if isinstance(m, (AdaptiveConv1x1, AdaptiveBatchNorm, AdaptiveSpadeBatchNorm))]
+    convs = (AdaptiveConv1x1, _ChannelsLastConv1x1)
+    leaves = [m for m in network.modules() if isinstance(m, (*convs, AdaptiveBatchNorm, AdaptiveSpadeBatchNorm))]
     originals = {m: m.forward for m in leaves}
 
     def recorder(module):
@@ -353,7 +397,7 @@ def bake_adaptive_layers(network: nn.Module, params: list[tuple[Tensor, Tensor]]
         if m not in consumed:
             continue  # a SPADE norm's own conv placeholders: never called
         entries = consumed[m]
-        if isinstance(m, AdaptiveConv1x1):
+        if isinstance(m, convs):
             fixed = _FixedConv1x1(*entries[0])
         elif isinstance(m, AdaptiveBatchNorm):
             scale, shift = entries[0]
@@ -389,7 +433,8 @@ class BakedFrameGraph(_WarpedFrame):
         baked = copy.copy(model)
         baked._modules = dict(model._modules)
         pose = model.keypoints_embedder(torch.zeros(1, 2 * model.config.num_keypoints, dtype=model.dtype))
-        baked.inference_generator = bake_adaptive_layers(model.inference_generator, list(state.adaptive_params),
+        baked.inference_generator = bake_adaptive_layers(for_mobile_runtimes(model.inference_generator),
+                                                         list(state.adaptive_params),
                                                          lambda network, entries: network(pose, entries))
         super().__init__(baked, debug_outputs, warp)
         texture = state.enhanced_texture if state.enhanced_texture is not None else state.texture
@@ -424,7 +469,7 @@ class SplitFrameGraph(nn.Module):
 
     def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry]):
         super().__init__()
-        self.model = model
+        self.model = _frame_model(model)
         self.layout = layout
 
     def input_spec(self) -> list[TensorSpec]:

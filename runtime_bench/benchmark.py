@@ -2,8 +2,10 @@
 
 Every artifact is timed in its own CPU runtime (LiteRT with XNNPACK, onnxruntime) with the same
 thread count, on its first golden sample. The runs are interleaved round-robin (one timed call
-of each artifact per round) so that whatever else the machine does affects all of them alike;
-the report gives p50, p90 and the spread. Timings are host numbers for comparing artifacts with
+of each artifact per round) so that whatever else the machine does affects all of them alike,
+with a pause between calls: onnxruntime's worker threads spin for a while after a run, and
+would otherwise slow whatever runs next (measured: a LiteRT graph timed right after an
+onnxruntime run took 42 ms instead of 25 ms). The report gives p50, p90 and the spread. Timings are host numbers for comparing artifacts with
 each other on one machine, not phone numbers (phones: Android over adb, not here). Nothing is
 asserted about time in tests: numbers live in the reports this writes and in docs/.
 """
@@ -22,6 +24,9 @@ from .litert_runner import LiteRtRunner
 from .machine import describe_machine, machine_line
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .validate import check_format, check_integrity, load_manifest
+
+
+PAUSE_S = 0.2  # between timed calls: longer than onnxruntime's spin-wait after a run
 
 
 @dataclass
@@ -51,29 +56,32 @@ class Timing:
         return d
 
 
-def _runner(runtime: str, path: Path, threads: int):
-    if runtime == "litert":
-        return LiteRtRunner(path, num_threads=threads)
-    if runtime == "onnxruntime":
-        return OnnxRuntimeRunner(path, intra_op_threads=threads)
-    raise ValueError(f"no CPU benchmark runner for {runtime!r}")
+# The runtime configurations timed for each artifact of a runtime: (label, how to make its runner).
+CONFIGURATIONS = {
+    "litert": (("litert", lambda path, threads: LiteRtRunner(path, num_threads=threads)),
+               ("litert (XNNPACK latest features)",
+                lambda path, threads: LiteRtRunner(path, num_threads=threads, xnnpack_latest_features=True))),
+    "onnxruntime": (("onnxruntime", lambda path, threads: OnnxRuntimeRunner(path, intra_op_threads=threads)),),
+}
 
 
 def benchmark_bundles(bundles: list[Path], graphs: tuple[str, ...], precisions: tuple[str, ...], threads: int,
-                      runs: int, warmup: int, progress=None) -> list[Timing]:
-    """Time every published artifact of `graphs` x `precisions` in `bundles`, interleaved."""
+                      runs: int, warmup: int, progress=None, pause_s: float = PAUSE_S) -> list[Timing]:
+    """Time every published artifact of `graphs` x `precisions` in `bundles`, interleaved, with
+    `pause_s` between calls."""
     entries = []
     for bundle in bundles:
         manifest = load_manifest(bundle)
         check_format(manifest, bundle)
         check_integrity(bundle, manifest)
         for a in manifest["artifacts"]:
-            if a["graph"] in graphs and a["precision"] in precisions and a["runtime"] in ("litert", "onnxruntime"):
+            if a["graph"] in graphs and a["precision"] in precisions and a["runtime"] in CONFIGURATIONS:
                 with np.load(Path(bundle) / a["golden"]) as golden:
                     feed = {i["name"]: golden[i["name"]][0] for i in a["inputs"]}
-                runner = _runner(a["runtime"], Path(bundle) / a["file"], threads)
-                timing = Timing(str(bundle), a["name"], a["graph"], a["precision"], a["runtime"], a.get("warp"))
-                entries.append((runner, runner.prepare(feed), timing))
+                for label, make_runner in CONFIGURATIONS[a["runtime"]]:
+                    runner = make_runner(Path(bundle) / a["file"], threads)
+                    timing = Timing(str(bundle), a["name"], a["graph"], a["precision"], label, a.get("warp"))
+                    entries.append((runner, runner.prepare(feed), timing))
     for _ in range(warmup):
         for runner, feed, _timing in entries:
             runner._infer(feed)
@@ -82,6 +90,7 @@ def benchmark_bundles(bundles: list[Path], graphs: tuple[str, ...], precisions: 
             start = time.perf_counter()
             runner._infer(feed)  # the prepared feed: time the runtime, not the feed check
             timing.runs_ms.append((time.perf_counter() - start) * 1e3)
+            time.sleep(pause_s)
         if progress:
             progress(f"round {k + 1}/{runs}")
     return [t for _, _, t in entries]

@@ -32,13 +32,15 @@ class LiteRtRunner(Runner):
 
     `num_threads` is passed to the interpreter (None: the runtime's default). The default
     delegate (XNNPACK on CPU) is applied as in an app; `use_xnnpack=False` runs the builtin
-    kernels only (for debugging a delegate difference).
+    kernels only (for debugging a delegate difference); `xnnpack_latest_features=True` turns on
+    the XNNPACK features LiteRT ships but does not enable by default (the interpreter's
+    `experimental_default_delegate_latest_features`; `make bench` times both).
     """
 
     runtime = "litert"
 
     def __init__(self, path: Path | str, signature: str | None = None, num_threads: int | None = None,
-                 use_xnnpack: bool = True):
+                 use_xnnpack: bool = True, xnnpack_latest_features: bool = False):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.path = Path(path)
@@ -46,7 +48,8 @@ class LiteRtRunner(Runner):
             raise FileNotFoundError(f"{self.path} does not exist; export the model first")
         resolver = OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads,
-                                        experimental_op_resolver_type=resolver)
+                                        experimental_op_resolver_type=resolver,
+                                        experimental_default_delegate_latest_features=xnnpack_latest_features)
         signatures = self._interpreter.get_signature_list()
         if not signatures:
             raise ValueError(f"{self.path} has no signature; export it with litert-torch (export/tflite.py)")

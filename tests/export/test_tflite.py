@@ -308,8 +308,8 @@ def test_runner_describes_and_checks_feeds(frame_exports, frame_data):
 # ------------------------------------------------------------------------------------ paper size
 @pytest.mark.slow
 def test_paper_frame_graph_gates(parity, default_model_paper, photos_dir, tmp_path):
-    """The paper-size default model on real faces: fp32 and int8 (mixed) pass their gates, full
-    int8 falls below the int8 gate (the warp)."""
+    """The paper-size default model on real faces: fp32 and int8 (mixed) pass their gates, and the
+    mixed recipe is clearly better than quantizing every op, the warp's coordinates included."""
     model = default_model_paper
     calibration = frame_feeds(model, photo_clips(2, 4, seed=101, photos_dir=photos_dir))
     evaluation_clips = photo_clips(2, 2, seed=202, photos_dir=photos_dir)
@@ -322,4 +322,4 @@ def test_paper_frame_graph_gates(parity, default_model_paper, photos_dir, tmp_pa
     metrics = exports.metrics
     assert metrics["fp32"]["image"]["psnr_db"] >= THRESHOLDS_DB["fp32"], metrics["fp32"]
     assert metrics["int8"]["image"]["psnr_db"] >= THRESHOLDS_DB["int8"], metrics["int8"]
-    assert metrics["int8_full"]["image"]["psnr_db"] < THRESHOLDS_DB["int8"], metrics["int8_full"]
+    assert metrics["int8_full"]["image"]["psnr_db"] < metrics["int8"]["image"]["psnr_db"] - 3, metrics["int8_full"]
