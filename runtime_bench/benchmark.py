@@ -23,6 +23,7 @@ from ..reference.files import atomic_write, write_text_atomic
 from .litert_runner import LiteRtRunner
 from .machine import describe_machine, machine_line
 from .onnxruntime_runner import OnnxRuntimeRunner
+from .runner import native_output_captured
 from .validate import check_format, check_integrity, load_manifest
 
 
@@ -65,10 +66,9 @@ CONFIGURATIONS = {
 }
 
 
-def benchmark_bundles(bundles: list[Path], graphs: tuple[str, ...], precisions: tuple[str, ...], threads: int,
-                      runs: int, warmup: int, progress=None, pause_s: float = PAUSE_S) -> list[Timing]:
-    """Time every published artifact of `graphs` x `precisions` in `bundles`, interleaved, with
-    `pause_s` between calls."""
+def _load_and_warm_up(bundles, graphs, precisions, threads: int, warmup: int) -> list[tuple]:
+    """(runner, prepared feed, Timing) for each artifact and runtime configuration, each run
+    `warmup` times."""
     entries = []
     for bundle in bundles:
         manifest = load_manifest(bundle)
@@ -85,6 +85,15 @@ def benchmark_bundles(bundles: list[Path], graphs: tuple[str, ...], precisions: 
     for _ in range(warmup):
         for runner, feed, _timing in entries:
             runner._infer(feed)
+    return entries
+
+
+def benchmark_bundles(bundles: list[Path], graphs: tuple[str, ...], precisions: tuple[str, ...], threads: int,
+                      runs: int, warmup: int, progress=None, pause_s: float = PAUSE_S) -> list[Timing]:
+    """Time every published artifact of `graphs` x `precisions` in `bundles`, interleaved, with
+    `pause_s` between calls."""
+    with native_output_captured():  # the runtimes' C++ banners and notices: to the log, not the console
+        entries = _load_and_warm_up(bundles, graphs, precisions, threads, warmup)
     for k in range(runs):
         for runner, feed, timing in entries:
             start = time.perf_counter()

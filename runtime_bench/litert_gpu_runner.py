@@ -13,22 +13,15 @@ its output while compiling and keeps the verdict (`GpuVerdict`).
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
 import re
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from .litert_runner import tensor_info
-from .runner import Runner, RuntimeUnavailable
+from .runner import Runner, RuntimeUnavailable, native_output_captured
 
-_log = logging.getLogger(__name__).info  # the accelerator's own output (export.log under `export`)
 VULKAN_ADVICE = ("the LiteRT GPU accelerator needs a Vulkan device; on a machine without a GPU install Mesa's "
                  "lavapipe >= 25 (Debian: `make setup` as root, or scripts/install-vulkan-driver.sh)")
 
@@ -100,31 +93,6 @@ def parse_verdict(log: str, fully_accelerated: bool, total_ops: int, fp16: bool)
         (total_ops, 0) if fully_accelerated else (None, None))
     return GpuVerdict(fully_accelerated, list(rejected.values()), gpu_ops, cpu_ops,
                       device.group(1) if device else "", fp16)
-
-
-@contextlib.contextmanager
-def native_output_captured() -> Iterator[list[str]]:
-    """Capture what is written to file descriptors 1 and 2 (C++ included) inside the block: the
-    accelerator's verdict for the runner, and its chatter kept off the console. The text is
-    appended to the yielded list and logged (`bilayer-mobile export` keeps it in export.log)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    text: list[str] = []
-    with tempfile.TemporaryFile() as capture:
-        for fd in saved:
-            os.dup2(capture.fileno(), fd)
-        try:
-            yield text
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            capture.seek(0)
-            text.append(capture.read().decode("utf-8", "replace"))
-            _log("".join(text))
 
 
 def _op_count(path: Path) -> int:
