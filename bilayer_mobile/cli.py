@@ -500,8 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.set_defaults(func=cmd_coverage)
 
     bench = sub.add_parser("bench", help="host latency of bundle artifacts side by side (LiteRT/XNNPACK, onnxruntime)",
-                           description="Time every frame-graph artifact of one or more bundles in its CPU runtime, "
-                                       "interleaved round-robin with the same thread count, and write "
+                           description="Time every frame-graph artifact of one or more bundles in its CPU runtime "
+                                       "(TFLite: LiteRT with XNNPACK, default and with its latest features; ONNX: "
+                                       "onnxruntime), interleaved round-robin with the same thread count and a "
+                                       "pause between calls, and write "
                                        "benchmark.{md,json,png}. Host numbers for comparing artifacts; lavapipe GPU "
                                        "runs are never timed.")
     bench.add_argument("bundles", type=Path, nargs="+", help="bundle directories written by `export`")
