@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..reference.model import BilayerModel, IdentityState, mask_image, warp
+from ..reference.networks import AdaptiveBatchNorm
 from .warp import GridSampleWarp, identity_grid_plus
 
 
@@ -225,8 +226,8 @@ class _ChannelsLastConv1x1(nn.Module):
     """`AdaptiveConv1x1` contracting over channels-last pixels: one BATCH_MATMUL(pixels [N, HW, C],
     W [N, Co, C], adj_y) between the convolutions' NHWC tensors, where `torch.bmm(W, x)` costs a
     TRANSPOSE on each side in a TFLite graph. The same sums as the reference in another order
-    (float32 round-off apart, exact in float64). The pixels stay 3-D: a 4-D [N, H, W, C] operand was computed wrongly
-    by the LiteRT 2.3 GPU accelerator."""
+    (float32 round-off apart, exact in float64). The pixels stay 3-D: a 4-D [N, H, W, C]
+    operand was computed wrongly by the LiteRT 2.3 GPU accelerator."""
 
     takes_adaptive_params = True
 
@@ -238,11 +239,28 @@ class _ChannelsLastConv1x1(nn.Module):
         return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
+class _ChannelsLastAdaptiveNorm(AdaptiveBatchNorm):
+    """`AdaptiveBatchNorm` with its per-identity affine applied to channels-last pixels. The
+    reference's `scale[:, :, None, None]` pins the layer to NCHW, so litert-torch wrapped each
+    one in a TRANSPOSE pair (ten full-size transposes per frame); here the explicit permutes
+    cancel against the converter's own. The same elementwise ops: bit-identical."""
+
+    def __init__(self, original: AdaptiveBatchNorm):
+        nn.Module.__init__(self)
+        self.norm_layer = original.norm_layer
+
+    def forward(self, x: Tensor, params) -> Tensor:
+        scale, shift = next(params)
+        pixels = self.norm_layer(x).permute(0, 2, 3, 1)
+        return (pixels * scale[:, None, None, :] + shift[:, None, None, :]).permute(0, 3, 1, 2)
+
+
 def for_mobile_runtimes(network: nn.Module) -> nn.Module:
     """A copy of the frame network shaped for XNNPACK and the GPU accelerator, computing the same
     numbers: each adaptive skip conv of an upsampling block runs before the nearest upsampling
-    (a per-pixel op commutes with it: 4x fewer pixels), and contracts channels-last
-    (`_ChannelsLastConv1x1`). Neither layer holds weights, so nothing else changes."""
+    (a per-pixel op commutes with it: 4x fewer pixels) and contracts channels-last
+    (`_ChannelsLastConv1x1`), and each adaptive norm applies its affine channels-last
+    (`_ChannelsLastAdaptiveNorm`). The layers' weights are shared, so nothing else changes."""
     from ..reference.networks import AdaptiveConv1x1, ResBlock
 
     network = copy.deepcopy(network)
@@ -253,6 +271,10 @@ def for_mobile_runtimes(network: nn.Module) -> nn.Module:
         if len(layers) == 2 and isinstance(layers[0], nn.Upsample) and isinstance(layers[1], AdaptiveConv1x1):
             layers = [layers[1], layers[0]]
         block.skip = nn.Sequential(*[_ChannelsLastConv1x1() if isinstance(m, AdaptiveConv1x1) else m for m in layers])
+    for parent in list(network.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is AdaptiveBatchNorm:
+                setattr(parent, name, _ChannelsLastAdaptiveNorm(child))
     return network
 
 

@@ -129,8 +129,9 @@ def test_frame_graph_equals_render(tiny_model, golden_inputs, state):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-def test_mobile_network_has_its_skip_convs_before_upsampling(tiny_model):
-    """Each upsampling block's adaptive skip conv runs on the block's input (4x fewer pixels)."""
+def test_mobile_network_is_shaped_for_the_mobile_runtimes(tiny_model):
+    """Each upsampling block's adaptive skip conv runs on the block's input (4x fewer pixels),
+    and each adaptive norm is the channels-last variant."""
     import torch.nn as nn
     from bilayer_mobile.export.graphs import for_mobile_runtimes
     from bilayer_mobile.reference.networks import ResBlock
@@ -143,8 +144,12 @@ def test_mobile_network_has_its_skip_convs_before_upsampling(tiny_model):
             assert isinstance(b.skip[-1], nn.Upsample) and not isinstance(b.skip[0], nn.Upsample)
             moved += 1
     assert moved > 0
+    # every adaptive norm applies its affine channels-last (a subclass: baking still folds it)
+    norms = [m for m in shaped.modules() if isinstance(m, AdaptiveBatchNorm)]
+    assert norms and all(type(m) is not AdaptiveBatchNorm for m in norms)
     # the original network is left as it was
     assert any(isinstance(m, AdaptiveConv1x1) for m in original.modules())
+    assert any(type(m) is AdaptiveBatchNorm for m in original.modules())
 
 
 def test_baked_equals_dynamic(tiny_model, golden_inputs, state):
