@@ -317,16 +317,18 @@ def _add_gpu_arg(parser) -> None:
 
 
 def cmd_bench(args) -> int:
+    from bilayer_mobile.console import converter_chatter_to
     from bilayer_mobile.runtime_bench.benchmark import benchmark_bundles, benchmark_markdown, write_benchmark
     from bilayer_mobile.runtime_bench.machine import describe_machine
 
     for bundle in args.bundles:
         if not (bundle / "manifest.json").is_file():
             raise InputError(f"{bundle} is not a bundle (no manifest.json); pass directories written by `export`")
-    log = lambda line: print(f"\rbench: {line}", end="", file=sys.stderr, flush=True)
-    timings = benchmark_bundles(args.bundles, _csv(args.graphs), _csv(args.precisions), args.threads, args.runs,
-                                args.warmup, progress=log)
-    print(file=sys.stderr)
+    with converter_chatter_to(args.out / "bench.log") as console:  # the runtimes' native output
+        log = lambda line: print(f"\rbench: {line}", end="", file=console, flush=True)
+        timings = benchmark_bundles(args.bundles, _csv(args.graphs), _csv(args.precisions), args.threads,
+                                    args.runs, args.warmup, progress=log)
+        print(file=console)
     if not timings:
         raise InputError(f"no artifact of graphs {args.graphs} at precisions {args.precisions} in {', '.join(map(str, args.bundles))}")
     write_benchmark(args.out, timings, args.threads)
@@ -504,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(TFLite: LiteRT with XNNPACK, default and with its latest features; ONNX: "
                                        "onnxruntime), interleaved round-robin with the same thread count and a "
                                        "pause between calls, and write "
-                                       "benchmark.{md,json,png}. Host numbers for comparing artifacts; lavapipe GPU "
+                                       "benchmark.{md,json,png} (the runtimes' own output in bench.log). Host numbers for comparing artifacts; lavapipe GPU "
                                        "runs are never timed.")
     bench.add_argument("bundles", type=Path, nargs="+", help="bundle directories written by `export`")
     bench.add_argument("--graphs", default="frame,baked_frame", help="comma-separated graphs (default frame,baked_frame)")
@@ -512,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_positive_int, default=2, help="threads per runtime (default 2)")
     bench.add_argument("--runs", type=_positive_int, default=30, help="timed runs per artifact (default 30)")
     bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed runs first (default 3)")
-    bench.add_argument("--out", type=Path, required=True, help="directory for benchmark.{md,json,png}")
+    bench.add_argument("--out", type=Path, required=True, help="directory for benchmark.{md,json,png} and bench.log")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -226,7 +226,7 @@ class _ChannelsLastConv1x1(nn.Module):
     """`AdaptiveConv1x1` contracting over channels-last pixels: one BATCH_MATMUL(pixels [N, HW, C],
     W [N, Co, C], adj_y) between the convolutions' NHWC tensors, where `torch.bmm(W, x)` costs a
     TRANSPOSE on each side in a TFLite graph. The same sums as the reference in another order
-    (float32 round-off apart, exact in float64). The pixels stay 3-D: a 4-D [N, H, W, C]
+    (float32 round-off apart, 1e-10 in float64). The pixels stay 3-D: a 4-D [N, H, W, C]
     operand was computed wrongly by the LiteRT 2.3 GPU accelerator."""
 
     takes_adaptive_params = True
@@ -242,8 +242,9 @@ class _ChannelsLastConv1x1(nn.Module):
 class _ChannelsLastAdaptiveNorm(AdaptiveBatchNorm):
     """`AdaptiveBatchNorm` with its per-identity affine applied to channels-last pixels. The
     reference's `scale[:, :, None, None]` pins the layer to NCHW, so litert-torch wrapped each
-    one in a TRANSPOSE pair (ten full-size transposes per frame); here the explicit permutes
-    cancel against the converter's own. The same elementwise ops: bit-identical."""
+    wrapped several in a pair of TRANSPOSEs (ten full-size transposes per frame in the paper
+    configuration); here the explicit permutes cancel against the converter's own. The same
+    elementwise ops: bit-identical."""
 
     def __init__(self, original: AdaptiveBatchNorm):
         nn.Module.__init__(self)
@@ -260,11 +261,12 @@ def for_mobile_runtimes(network: nn.Module) -> nn.Module:
     numbers: each adaptive skip conv of an upsampling block runs before the nearest upsampling
     (a per-pixel op commutes with it: 4x fewer pixels) and contracts channels-last
     (`_ChannelsLastConv1x1`), and each adaptive norm applies its affine channels-last
-    (`_ChannelsLastAdaptiveNorm`). The layers' weights are shared, so nothing else changes."""
+    (`_ChannelsLastAdaptiveNorm`). The weights are copied unchanged. The frame graphs run one
+    frame of one identity (batch 1), which is all the channels-last layers handle."""
     from ..reference.networks import AdaptiveConv1x1, ResBlock
 
     network = copy.deepcopy(network)
-    for block in network.modules():
+    for block in list(network.modules()):
         if not (isinstance(block, ResBlock) and block.has_skip):
             continue
         layers = list(block.skip)
@@ -275,7 +277,7 @@ def for_mobile_runtimes(network: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if type(child) is AdaptiveBatchNorm:
                 setattr(parent, name, _ChannelsLastAdaptiveNorm(child))
-    return network
+    return network.train(network.training)  # the new layers in the copy's mode
 
 
 def _frame_model(model: BilayerModel) -> BilayerModel:
@@ -320,14 +322,18 @@ class _WarpedFrame(nn.Module):
 
 
 class FrameGraph(_WarpedFrame):
-    """(keypoints, texture, adaptive_params) -> (image, mask[, uv, lowfreq])."""
+    """(keypoints, texture, adaptive_params) -> (image, mask[, uv, lowfreq]).
+
+    The frame graphs run the network shaped for the mobile runtimes (`for_mobile_runtimes`);
+    `for_mobile=False` runs the reference network itself, which computes the golden outputs.
+    """
 
     name = "frame"
     purpose = "once per frame: driving keypoints + the identity graph's outputs -> the frame"
 
     def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry], debug_outputs: bool = False,
-                 warp: nn.Module | None = None):
-        super().__init__(_frame_model(model), debug_outputs, warp)
+                 warp: nn.Module | None = None, for_mobile: bool = True):
+        super().__init__(_frame_model(model) if for_mobile else model, debug_outputs, warp)
         self.layout = layout
 
     def input_spec(self) -> list[TensorSpec]:
@@ -449,13 +455,14 @@ class BakedFrameGraph(_WarpedFrame):
     purpose = "once per frame, one identity folded in: driving keypoints -> the frame"
 
     def __init__(self, model: BilayerModel, state: IdentityState, debug_outputs: bool = False,
-                 warp: nn.Module | None = None):
+                 warp: nn.Module | None = None, for_mobile: bool = True):
         if state.batch_size != 1:
             raise ValueError("bake one identity at a time (state batch must be 1)")
         baked = copy.copy(model)
         baked._modules = dict(model._modules)
         pose = model.keypoints_embedder(torch.zeros(1, 2 * model.config.num_keypoints, dtype=model.dtype))
-        baked.inference_generator = bake_adaptive_layers(for_mobile_runtimes(model.inference_generator),
+        network = for_mobile_runtimes(model.inference_generator) if for_mobile else model.inference_generator
+        baked.inference_generator = bake_adaptive_layers(network,
                                                          list(state.adaptive_params),
                                                          lambda network, entries: network(pose, entries))
         super().__init__(baked, debug_outputs, warp)
@@ -489,9 +496,9 @@ class SplitFrameGraph(nn.Module):
     # the image an app composites from the outputs and the identity's texture, gated like an output
     composited = {"image": {"lowfreq": "lowfreq", "texture": "texture", "uv": "uv"}}
 
-    def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry]):
+    def __init__(self, model: BilayerModel, layout: list[AdaptiveEntry], for_mobile: bool = True):
         super().__init__()
-        self.model = _frame_model(model)
+        self.model = _frame_model(model) if for_mobile else model
         self.layout = layout
 
     def input_spec(self) -> list[TensorSpec]:

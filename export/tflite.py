@@ -23,7 +23,8 @@ Precisions
   amplifies every coordinate error into image error. Convolution outputs (delta UV before
   tanh, low-frequency logits, features) have small ranges and quantize fine.
 - int8_full (tests and reports only, not a shipping precision): static int8 on every op the
-  quantizer supports; used to show that quantizing the warp coordinates is detected.
+  quantizer supports; used to show what quantizing the warp coordinates costs (on the paper
+  model ~6 dB of image and three times the mixed recipe's UV error, docs/export.md).
 
 Known trap (litert-torch 0.10): constants that are strided views of a larger tensor convert
 without error into a wrong model. Every parameter, buffer and tensor attribute is therefore

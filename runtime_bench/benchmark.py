@@ -5,9 +5,11 @@ thread count, on its first golden sample. The runs are interleaved round-robin (
 of each artifact per round) so that whatever else the machine does affects all of them alike,
 with a pause between calls: onnxruntime's worker threads spin for a while after a run, and
 would otherwise slow whatever runs next (measured: a LiteRT graph timed right after an
-onnxruntime run took 42 ms instead of 25 ms). The report gives p50, p90 and the spread. Timings are host numbers for comparing artifacts with
-each other on one machine, not phone numbers (phones: Android over adb, not here). Nothing is
-asserted about time in tests: numbers live in the reports this writes and in docs/.
+onnxruntime run took 42 ms instead of 25 ms). LiteRT runs in two configurations: its default
+and with XNNPACK's latest features. The report gives p50, p90 and the spread. Timings are host
+numbers for comparing artifacts with each other on one machine, not phone numbers (phones:
+Android over adb, not here). Nothing is asserted about time in tests: numbers live in the
+reports this writes and in docs/.
 """
 from __future__ import annotations
 
@@ -23,11 +25,15 @@ from ..reference.files import atomic_write, write_text_atomic
 from .litert_runner import LiteRtRunner
 from .machine import describe_machine, machine_line
 from .onnxruntime_runner import OnnxRuntimeRunner
-from .runner import native_output_captured
+from .native_output import native_output_captured
 from .validate import check_format, check_integrity, load_manifest
 
 
 PAUSE_S = 0.2  # between timed calls: longer than onnxruntime's spin-wait after a run
+
+
+def _runtime_label(runtime: str, configuration: str) -> str:
+    return runtime if configuration == "default" else f"{runtime} ({configuration})"
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Timing:
     graph: str
     precision: str
     runtime: str
+    configuration: str  # how the runtime was set up: "default", "XNNPACK latest features"
     warp: str | None
     runs_ms: list[float] = field(default_factory=list)
 
@@ -57,12 +64,12 @@ class Timing:
         return d
 
 
-# The runtime configurations timed for each artifact of a runtime: (label, how to make its runner).
+# The configurations timed for each artifact of a runtime: (name, how to make its runner).
 CONFIGURATIONS = {
-    "litert": (("litert", lambda path, threads: LiteRtRunner(path, num_threads=threads)),
-               ("litert (XNNPACK latest features)",
+    "litert": (("default", lambda path, threads: LiteRtRunner(path, num_threads=threads)),
+               ("XNNPACK latest features",
                 lambda path, threads: LiteRtRunner(path, num_threads=threads, xnnpack_latest_features=True))),
-    "onnxruntime": (("onnxruntime", lambda path, threads: OnnxRuntimeRunner(path, intra_op_threads=threads)),),
+    "onnxruntime": (("default", lambda path, threads: OnnxRuntimeRunner(path, intra_op_threads=threads)),),
 }
 
 
@@ -78,9 +85,10 @@ def _load_and_warm_up(bundles, graphs, precisions, threads: int, warmup: int) ->
             if a["graph"] in graphs and a["precision"] in precisions and a["runtime"] in CONFIGURATIONS:
                 with np.load(Path(bundle) / a["golden"]) as golden:
                     feed = {i["name"]: golden[i["name"]][0] for i in a["inputs"]}
-                for label, make_runner in CONFIGURATIONS[a["runtime"]]:
+                for configuration, make_runner in CONFIGURATIONS[a["runtime"]]:
                     runner = make_runner(Path(bundle) / a["file"], threads)
-                    timing = Timing(str(bundle), a["name"], a["graph"], a["precision"], label, a.get("warp"))
+                    timing = Timing(str(bundle), a["name"], a["graph"], a["precision"], a["runtime"], configuration,
+                                    a.get("warp"))
                     entries.append((runner, runner.prepare(feed), timing))
     for _ in range(warmup):
         for runner, feed, _timing in entries:
@@ -94,6 +102,7 @@ def benchmark_bundles(bundles: list[Path], graphs: tuple[str, ...], precisions: 
     `pause_s` between calls."""
     with native_output_captured():  # the runtimes' C++ banners and notices: to the log, not the console
         entries = _load_and_warm_up(bundles, graphs, precisions, threads, warmup)
+    time.sleep(pause_s)
     for k in range(runs):
         for runner, feed, timing in entries:
             start = time.perf_counter()
@@ -111,7 +120,7 @@ def benchmark_markdown(timings: list[Timing], machine: dict, threads: int) -> st
              f"{len(timings[0].runs_ms) if timings else 0} interleaved runs each.", "",
              "| graph | precision | runtime | warp | p50 (ms) | p90 (ms) | artifact (bundle) |", "|---|---|---|---|---|---|---|"]
     for t in sorted(timings, key=lambda t: (t.graph, t.precision, t.p50_ms)):
-        lines.append(f"| {t.graph} | {t.precision} | {t.runtime} | {t.warp or '-'} | {t.p50_ms:.1f} | {t.p90_ms:.1f} | "
+        lines.append(f"| {t.graph} | {t.precision} | {_runtime_label(t.runtime, t.configuration)} | {t.warp or '-'} | {t.p50_ms:.1f} | {t.p90_ms:.1f} | "
                      f"{t.artifact} ({Path(t.bundle).name}) |")
     lines += ["", "![p50 latency per artifact](benchmark.png)", ""]
     return "\n".join(lines)
@@ -128,7 +137,7 @@ def plot_timings(timings: list[Timing], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(ordered) + 1.2))
     ax.boxplot([t.runs_ms for t in ordered], vert=False, showfliers=False)
     ax.set_yticks(range(1, len(ordered) + 1),
-                  [f"{t.graph} {t.precision} {t.runtime} ({t.warp or '-'})" for t in ordered], fontsize=8)
+                  [f"{t.graph} {t.precision} {_runtime_label(t.runtime, t.configuration)} ({t.warp or '-'})" for t in ordered], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("latency per frame (ms)")
     fig.tight_layout()

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .litert_runner import tensor_info
-from .runner import Runner, RuntimeUnavailable, native_output_captured
+from .native_output import native_output_captured
+from .runner import Runner, RuntimeUnavailable
 
 VULKAN_ADVICE = ("the LiteRT GPU accelerator needs a Vulkan device; on a machine without a GPU install Mesa's "
                  "lavapipe >= 25 (Debian: `make setup` as root, or scripts/install-vulkan-driver.sh)")

@@ -12,15 +12,9 @@ so an artifact whose boundary differs from the contract fails before it runs.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import sys
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -164,29 +158,3 @@ class Runner(ABC):
     def __repr__(self) -> str:
         fmt = lambda ts: ", ".join(f"{t.name}{list(t.shape)}:{np.dtype(t.dtype).name}" for t in ts)
         return f"{type(self).__name__}({self.path.name}: ({fmt(self.inputs)}) -> ({fmt(self.outputs)}))"
-
-
-@contextlib.contextmanager
-def native_output_captured() -> Iterator[list[str]]:
-    """Capture what is written to file descriptors 1 and 2 (C++ included) inside the block: the
-    runtimes' native chatter kept off the console (and the GPU accelerator's verdict, which it
-    prints only there). The text is appended to the yielded list and logged (`bilayer-mobile
-    export` keeps it in export.log)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    text: list[str] = []
-    with tempfile.TemporaryFile() as capture:
-        for fd in saved:
-            os.dup2(capture.fileno(), fd)
-        try:
-            yield text
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            capture.seek(0)
-            text.append(capture.read().decode("utf-8", "replace"))
-            logging.getLogger(__name__).info("".join(text))

@@ -9,6 +9,8 @@ import torch
 
 from bilayer_mobile.export.graphs import (
     BakedFrameGraph,
+    SplitFrameGraph,
+    _ChannelsLastConv1x1,
     FrameGraph,
     IdentityGraph,
     adaptive_layout,
@@ -147,9 +149,16 @@ def test_mobile_network_is_shaped_for_the_mobile_runtimes(tiny_model):
     # every adaptive norm applies its affine channels-last (a subclass: baking still folds it)
     norms = [m for m in shaped.modules() if isinstance(m, AdaptiveBatchNorm)]
     assert norms and all(type(m) is not AdaptiveBatchNorm for m in norms)
-    # the original network is left as it was
-    assert any(isinstance(m, AdaptiveConv1x1) for m in original.modules())
-    assert any(type(m) is AdaptiveBatchNorm for m in original.modules())
+    # the original network is left as it was, also by the frame graphs built on it
+    before = [type(m) for m in original.modules()]
+    layout = adaptive_layout(tiny_model.init_identity(torch.zeros(1, 3, 256, 256), torch.zeros(1, 136)))
+    graphs = [FrameGraph(tiny_model, layout), SplitFrameGraph(tiny_model, layout)]
+    assert [type(m) for m in tiny_model.inference_generator.modules()] == before
+    assert tiny_model.inference_generator is original
+    assert all(g.model is not tiny_model and g.model.inference_generator is not original for g in graphs)
+    assert all(g.model.texture_generator is tiny_model.texture_generator for g in graphs)  # shared, not copied
+    # for_mobile=False: the reference network itself (what golden outputs are computed with)
+    assert FrameGraph(tiny_model, layout, for_mobile=False).model is tiny_model
 
 
 def test_baked_equals_dynamic(tiny_model, golden_inputs, state):
@@ -164,7 +173,7 @@ def test_baked_equals_dynamic(tiny_model, golden_inputs, state):
             assert psnr_db(y.numpy(), x.numpy()) > 90
     # no adaptive layer is left: each became an ordinary layer with constants (CONV_2D, not
     # BATCH_MATMUL with a constant operand, which the GPU accelerator rejects)
-    adaptive = (AdaptiveConv1x1, AdaptiveBatchNorm, AdaptiveSpadeBatchNorm)
+    adaptive = (AdaptiveConv1x1, _ChannelsLastConv1x1, AdaptiveBatchNorm, AdaptiveSpadeBatchNorm)
     assert not [m for m in baked.model.inference_generator.modules() if isinstance(m, adaptive)]
     assert [m for m in dynamic.model.inference_generator.modules() if isinstance(m, adaptive)]
     # every folded constant is a contiguous tensor of its own (converters mis-handle strided views)
