@@ -6,7 +6,9 @@ rejects and why, how many ops it runs on the GPU and how many it leaves to the C
 connected sets of ops it accepts (where it could place partitions), and the parity of the GPU
 run in the accelerator's default fp16 mode. `validate` produces the runs
 (`runtime_bench.validate`, runtime "litert_gpu"); this module only reads them and the model files.
-Written into every bundle as reports/coverage.{md,json}; `bilayer-mobile coverage BUNDLE` prints it.
+Beside the GPU verdict, each artifact gets the NNAPI rule table's static verdict
+(`runtime_bench.nnapi_profile`). Written into every bundle as reports/coverage.{md,json};
+`bilayer-mobile coverage BUNDLE` prints it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..reference.files import atomic_write, write_text_atomic
+from .nnapi_profile import nnapi_verdict
 from .validate import GPU_RUNTIME, ValidationReport, load_manifest
 
 
@@ -95,7 +98,7 @@ def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:
         ops = model_ops(bundle / artifact["file"])
         entry = {"artifact": artifact["name"], "file": artifact["file"], "graph": artifact["graph"],
                  "precision": artifact["precision"], "warp": artifact.get("warp"), "total_ops": len(ops),
-                 "ops": op_table(ops)}
+                 "ops": op_table(ops), "nnapi": nnapi_verdict(bundle / artifact["file"])}
         run = runs.get(artifact["name"])
         if run is None:
             why = [line for line in report.not_run if line.startswith(f"{artifact['name']} on")]
@@ -117,6 +120,13 @@ def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:
             "devices": devices, "machine": report.machine, "artifacts": entries}
 
 
+def _nnapi_cell(verdict: dict | None) -> str:
+    if not verdict:
+        return "-"
+    whole = "whole" if verdict["whole"] else f"{verdict['delegable_percent']:g}%, {verdict['partitions']} partitions"
+    return f"{whole}, {verdict['min_android'] or '-'}"
+
+
 def _fmt(x) -> str:
     return x if isinstance(x, str) else f"{x:.1f}"
 
@@ -126,21 +136,24 @@ def coverage_markdown(coverage: dict) -> str:
     device = ", ".join(coverage["devices"]) or "none (not run)"
     lines = ["# GPU coverage of the TFLite artifacts", "",
              f"Accelerator: {coverage['accelerator']}. Device: {device}. A software Vulkan device (lavapipe) runs "
-             "the same accelerator code as a phone's GPU, so verdicts and fp16 numerics hold; its timings do not.", "",
+             "the same accelerator code as a phone's GPU, so verdicts and fp16 numerics hold; its timings do not. "
+             "NNAPI: the static rule table of `runtime_bench/nnapi_profile.py` (the NNAPI delegate's own conditions; "
+             "the delegate was not run: that needs an Android device; NNAPI is deprecated since Android 15).", "",
              "| artifact | warp | ops | GPU verdict | ops on GPU / CPU | accepted sets | fp16 gated PSNR (dB) | "
-             "other outputs (dB) | gate | result |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "other outputs (dB) | gate | result | NNAPI (rule table) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in coverage["artifacts"]:
         g = e.get("gpu")
+        nnapi = _nnapi_cell(e.get("nnapi"))
         if g is None:
             lines.append(f"| {e['artifact']} | {e['warp'] or '-'} | {e['total_ops']} | not run | - | - | - | - | - | "
-                         f"{e['not_run']} |")
+                         f"{e['not_run']} | {nnapi} |")
             continue
         p = e["gpu_parity"]
         verdict = "fully accelerated" if g["fully_accelerated"] else "**NOT fully accelerated**"
         others = ", ".join(f"{k} {_fmt(v)}" for k, v in p["outputs_psnr_db"].items())
         lines.append(f"| {e['artifact']} | {e['warp'] or '-'} | {e['total_ops']} | {verdict} | "
                      f"{g['gpu_ops']} / {g['cpu_ops']} | {g['accepted_sets']} | {_fmt(p['gated_psnr_db'])} | {others} | "
-                     f">= {p['threshold_db']:.0f} | {'PASS' if p['passed'] else '**FAIL**'} |")
+                     f">= {p['threshold_db']:.0f} | {'PASS' if p['passed'] else '**FAIL**'} | {nnapi} |")
     lines.append("")
     for e in coverage["artifacts"]:
         lines += [f"## {e['artifact']}", ""]
@@ -149,6 +162,11 @@ def coverage_markdown(coverage: dict) -> str:
             lines += ["Rejected by the accelerator (its own messages):", ""]
             lines += [f"- {r['op']}: {r['reason']}" + (f" ({len(r['tensors'])} ops)" if r["tensors"] else "")
                       for r in g["rejected"]]
+            lines.append("")
+        refused = Counter(r["reason"] for r in (e.get("nnapi") or {}).get("refused", []))
+        if refused:
+            lines += ["Refused by the NNAPI rule table:", ""]
+            lines += [f"- {reason} (x{n})" for reason, n in refused.most_common()]
             lines.append("")
         lines.append("ops: " + ", ".join(f"{o['op']} v{o['version']} x{o['count']}" for o in e["ops"]))
         lines.append("")

@@ -350,6 +350,8 @@ def test_every_tflite_frame_artifact_is_fully_accelerated_in_the_coverage_report
         assert parity["passed"] and parity["samples"] == 2, (name, parity)
         assert {o["op"] for o in entries[name]["ops"]} >= {"GATHER"} or entries[name]["graph"] == "split_frame"
         assert "GATHER_ND" not in {o["op"] for o in entries[name]["ops"]}
+        nnapi = entries[name]["nnapi"]  # the NNAPI rule table takes the fused-warp frame graphs whole
+        assert nnapi["whole"] and nnapi["partitions"] == 1 and "not run" in nnapi["checked"], (name, nnapi)
     assert entries["identity_fp32_tflite"]["gpu"] is None  # the identity graph runs once, on the CPU
     assert (bundle / "reports" / "coverage.png").is_file()
     assert "fully accelerated" in (bundle / "reports" / "coverage.md").read_text()
@@ -368,7 +370,9 @@ def test_the_decomposed_warp_is_reported_as_not_accelerated_naming_gather_nd(sma
     (entry,) = coverage["artifacts"]
     assert not entry["gpu"]["fully_accelerated"] and entry["gpu"]["cpu_ops"] > 0
     assert "GATHER_ND" in {r["op"] for r in entry["gpu"]["rejected"]}
-    assert "**NOT fully accelerated**" in (out / "reports" / "coverage.md").read_text()
+    assert not entry["nnapi"]["whole"] and "GATHER_ND" in {r["op"] for r in entry["nnapi"]["refused"]}
+    report = (out / "reports" / "coverage.md").read_text()
+    assert "**NOT fully accelerated**" in report and "Refused by the NNAPI rule table" in report
 
 
 def test_without_a_gpu_validate_says_what_was_not_run_and_require_fails(bundle):
