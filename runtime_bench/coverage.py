@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..reference.files import atomic_write, write_text_atomic
-from .nnapi_profile import nnapi_verdict
+from .nnapi_profile import connected_sets, nnapi_verdict
 from .validate import GPU_RUNTIME, ValidationReport, load_manifest
 
 
@@ -69,20 +69,7 @@ def accepted_sets(ops: list[dict], rejected: list[int]) -> int:
     the accelerator could run them in."""
     rejected_set = set(rejected)
     accepted = [i for i in range(len(ops)) if i not in rejected_set]
-    parent = {i: i for i in accepted}
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    producer = {t: i for i in accepted for t in ops[i]["outputs"]}
-    for i in accepted:
-        for t in ops[i]["inputs"]:
-            if t in producer:
-                parent[root(i)] = root(producer[t])
-    return len({root(i) for i in accepted})
+    return connected_sets([(o["inputs"], o["outputs"]) for o in ops], accepted)
 
 
 def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:

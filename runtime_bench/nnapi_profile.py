@@ -106,9 +106,10 @@ def refusal(op: OpOperands, rules: dict[str, NnapiRule]) -> str | None:
     return None
 
 
-def partitions(ops: list[OpOperands], accepted: list[int]) -> int:
-    """How many connected sets (through tensors) the accepted ops form."""
-    parent = {i: i for i in accepted}
+def connected_sets(ops: list[tuple[list[int], list[int]]], members: list[int]) -> int:
+    """How many connected sets (through tensors) the ops `members` form, ops given as (input
+    tensor ids, output tensor ids): the fewest partitions a delegate could run them in."""
+    parent = {i: i for i in members}
 
     def root(i):
         while parent[i] != i:
@@ -116,12 +117,12 @@ def partitions(ops: list[OpOperands], accepted: list[int]) -> int:
             i = parent[i]
         return i
 
-    producer = {t: i for i in accepted for t in ops[i].outputs}
-    for i in accepted:
-        for t in ops[i].inputs:
+    producer = {t: i for i in members for t in ops[i][1]}
+    for i in members:
+        for t in ops[i][0]:
             if t in producer:
                 parent[root(i)] = root(producer[t])
-    return len({root(i) for i in accepted})
+    return len({root(i) for i in members})
 
 
 def nnapi_verdict(path: Path | str, rules: dict[str, NnapiRule] | None = None) -> dict:
@@ -136,7 +137,7 @@ def nnapi_verdict(path: Path | str, rules: dict[str, NnapiRule] | None = None) -
                  for i in accepted), default=None)
     return {"ops": len(ops), "delegable_ops": len(accepted),
             "delegable_percent": round(100.0 * len(accepted) / len(ops), 1) if ops else 100.0,
-            "whole": not refused, "partitions": partitions(ops, accepted),
+            "whole": not refused, "partitions": connected_sets([(op.inputs, op.outputs) for op in ops], accepted),
             "min_feature_level": level, "min_android": FEATURE_LEVELS.get(level) if level else None,
             "refused": [{"index": op.index, "op": op.op, "reason": why} for op, why in refused],
             "checked": "static rule table (runtime_bench/nnapi_profile.py); the NNAPI delegate was not run"}

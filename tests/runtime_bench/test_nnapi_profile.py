@@ -69,3 +69,12 @@ def test_a_constant_input_of_any_rank_and_the_rules_levels():
     assert RULES["ADD"].feature_level("FLOAT32") == 1 and RULES["ADD"].feature_level("INT32") == 4
     assert RULES["BATCH_MATMUL"].feature_level("FLOAT32") == 6
     assert all(r.source.startswith("tflite/delegates/nnapi/nnapi_delegate.cc") for r in RULES.values())
+
+
+def test_connected_sets_split_where_an_op_is_left_out():
+    from bilayer_mobile.runtime_bench.nnapi_profile import connected_sets
+
+    chain = [([0], [1]), ([1], [2]), ([2], [3])]  # op k reads tensor k and writes tensor k + 1
+    assert connected_sets(chain, [0, 1, 2]) == 1
+    assert connected_sets(chain, [0, 2]) == 2  # the middle op refused: two partitions
+    assert connected_sets(chain, []) == 0
