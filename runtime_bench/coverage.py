@@ -121,7 +121,7 @@ def _fmt(x) -> str:
 def coverage_markdown(coverage: dict) -> str:
     """The report as Markdown: one summary table, then each artifact's rejected ops and op list."""
     device = ", ".join(coverage["devices"]) or "none (not run)"
-    lines = ["# GPU coverage of the TFLite artifacts", "",
+    lines = ["# Accelerator coverage of the TFLite artifacts (LiteRT GPU, NNAPI)", "",
              f"Accelerator: {coverage['accelerator']}. Device: {device}. A software Vulkan device (lavapipe) runs "
              "the same accelerator code as a phone's GPU, so verdicts and fp16 numerics hold; its timings do not. "
              "NNAPI: the static rule table of `runtime_bench/nnapi_profile.py` (the NNAPI delegate's own conditions; "
