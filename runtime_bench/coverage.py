@@ -18,34 +18,19 @@ from collections import Counter
 from pathlib import Path
 
 from ..reference.files import atomic_write, write_text_atomic
-from .nnapi_profile import connected_sets, nnapi_verdict
+from .nnapi_profile import OpOperands, connected_sets, model_operands, verdict_of
 from .validate import GPU_RUNTIME, ValidationReport, load_manifest
-
-
-def _op_names() -> dict[int, str]:
-    from ai_edge_litert import schema_py_generated as schema
-
-    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_") and isinstance(v, int)}
 
 
 def model_ops(path: Path) -> list[dict]:
     """The main subgraph's ops in execution order: type, version, output and input tensor ids,
     output tensor names."""
-    from ai_edge_litert.tools import flatbuffer_utils
+    return _as_dicts(model_operands(path))
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
-    names, graph = _op_names(), model.subgraphs[0]
-    ops = []
-    for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = names.get(builtin, f"OP_{builtin}")
-        if name == "CUSTOM" and code.customCode:
-            name = f"CUSTOM:{code.customCode.decode()}"
-        outputs = [i for i in op.outputs if i >= 0]
-        ops.append({"op": name, "version": int(code.version), "inputs": [i for i in op.inputs if i >= 0],
-                    "outputs": outputs, "tensors": [graph.tensors[i].name.decode() for i in outputs]})
-    return ops
+
+def _as_dicts(operands: list[OpOperands]) -> list[dict]:
+    return [{"op": o.op, "version": o.version, "inputs": o.inputs, "outputs": o.outputs, "tensors": o.output_names}
+            for o in operands]
 
 
 def op_table(ops: list[dict]) -> list[dict]:
@@ -82,10 +67,11 @@ def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:
     for artifact in manifest["artifacts"] + [a for a in manifest.get("rejected", []) if a.get("file")]:
         if artifact.get("runtime") != "litert" or not (bundle / artifact["file"]).is_file():
             continue
-        ops = model_ops(bundle / artifact["file"])
+        operands = model_operands(bundle / artifact["file"])  # the flatbuffer read once, for both verdicts
+        ops = _as_dicts(operands)
         entry = {"artifact": artifact["name"], "file": artifact["file"], "graph": artifact["graph"],
                  "precision": artifact["precision"], "warp": artifact.get("warp"), "total_ops": len(ops),
-                 "ops": op_table(ops), "nnapi": nnapi_verdict(bundle / artifact["file"])}
+                 "ops": op_table(ops), "nnapi": verdict_of(operands)}
         run = runs.get(artifact["name"])
         if run is None:
             why = [line for line in report.not_run if line.startswith(f"{artifact['name']} on")]

@@ -58,6 +58,7 @@ class OpOperands:
     constant: list[bool]
     inputs: list[int]
     outputs: list[int]
+    output_names: list[str]
 
 
 def model_operands(path: Path | str) -> list[OpOperands]:
@@ -77,12 +78,17 @@ def model_operands(path: Path | str) -> list[OpOperands]:
     result = []
     for k, op in enumerate(graph.operators):
         code = model.operatorCodes[op.opcodeIndex]
-        name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        name = op_names.get(builtin, f"OP_{builtin}")
+        if name == "CUSTOM" and code.customCode:
+            name = f"CUSTOM:{code.customCode.decode()}"
         inputs = [i for i in op.inputs if i >= 0]
+        outputs = [i for i in op.outputs if i >= 0]
         tensors = [graph.tensors[i] for i in inputs]
         result.append(OpOperands(k, name, int(code.version), [type_names.get(t.type, str(t.type)) for t in tensors],
                                  [0 if t.shape is None else len(t.shape) for t in tensors],
-                                 [is_constant(t) for t in tensors], inputs, [i for i in op.outputs if i >= 0]))
+                                 [is_constant(t) for t in tensors], inputs, outputs,
+                                 [graph.tensors[i].name.decode() for i in outputs]))
     return result
 
 
@@ -126,10 +132,14 @@ def connected_sets(ops: list[tuple[list[int], list[int]]], members: list[int]) -
 
 
 def nnapi_verdict(path: Path | str, rules: dict[str, NnapiRule] | None = None) -> dict:
-    """The rule table's verdict on a .tflite file: ops taken and refused (with reasons), the
+    """The rule table's verdict on a .tflite file (`verdict_of` its `model_operands`)."""
+    return verdict_of(model_operands(path), rules)
+
+
+def verdict_of(ops: list[OpOperands], rules: dict[str, NnapiRule] | None = None) -> dict:
+    """The rule table's verdict on a model's ops: ops taken and refused (with reasons), the
     delegable share, partitions, and the lowest NNAPI feature level that takes every accepted op."""
     rules = RULES if rules is None else rules
-    ops = model_operands(path)
     refused = [(op, why) for op in ops if (why := refusal(op, rules)) is not None]
     refused_index = {op.index for op, _ in refused}
     accepted = [op.index for op in ops if op.index not in refused_index]

@@ -48,7 +48,7 @@ def test_the_decomposed_grid_sample_is_refused_naming_gather_nd(tmp_path):
 
 
 def operands(op: str, version: int = 1, types=("FLOAT32",), ranks=(4,), constant=(False,)) -> OpOperands:
-    return OpOperands(0, op, version, list(types), list(ranks), list(constant), list(range(len(types))), [99])
+    return OpOperands(0, op, version, list(types), list(ranks), list(constant), list(range(len(types))), [99], ["out"])
 
 
 @pytest.mark.parametrize("op, why", [
