@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..reference.environment import toolchain_versions
-from ..reference.files import sha256_file, write_text_atomic
+from ..reference.files import sha256_file, sha256_tree, size_of_tree, write_text_atomic
 from ..reference.model import BilayerModel
 from ..reference.preprocessing import STICKMAN_PARTS
 from .calibration import DataSets, calibration_frame_feeds, frame_feeds, identity_feeds, identity_states
@@ -73,9 +73,11 @@ class ExportConfig:
         for p in self.precisions:
             if p not in SHIPPING_PRECISIONS:
                 raise ExportError(f"unknown precision {p!r}; choose from {', '.join(SHIPPING_PRECISIONS)}")
-            for t in self.targets:
-                if p not in TARGETS[t].precisions:
-                    raise ExportError(f"target {t} cannot export at {p}; it supports {', '.join(TARGETS[t].precisions)}")
+            # a target that lacks one of several precisions skips it (recorded under not_exported);
+            # a precision no chosen target produces is a mistake on the command line
+            if not any(p in TARGETS[t].precisions for t in self.targets):
+                offered = "; ".join(f"{t}: {', '.join(TARGETS[t].precisions)}" for t in self.targets)
+                raise ExportError(f"no chosen target exports {p} ({offered})")
         if not self.targets or not self.precisions:
             raise ExportError("at least one target and one precision are needed")
         if self.warp not in WARPS:
@@ -83,12 +85,22 @@ class ExportConfig:
         unknown = [g for g in self.graphs if g not in GRAPH_NAMES]
         if unknown or not self.graphs:
             raise ExportError(f"unknown graph {', '.join(unknown) or '(none)'}; choose from {', '.join(GRAPH_NAMES)}")
+        if not self.jobs():
+            offered = "; ".join(f"{t}: {', '.join(TARGETS[t].graphs)}" for t in self.targets if TARGETS[t].graphs)
+            raise ExportError(f"nothing to export: the chosen targets export none of the graphs {', '.join(self.graphs)} "
+                              f"({offered})")
 
     def jobs(self) -> list[tuple[str, str, str]]:
         """(graph, target, precision) of every artifact, grouped by graph then target (so each
         graph's float model is converted once per target and freed before the next)."""
         return [(g, t, p) for g in GRAPH_NAMES if g in self.graphs for t in self.targets for p in self.precisions
-                if g != "identity" or p in IDENTITY_PRECISIONS]
+                if (g != "identity" or p in IDENTITY_PRECISIONS) and p in TARGETS[t].precisions
+                and (TARGETS[t].graphs is None or g in TARGETS[t].graphs)]
+
+    def skipped(self) -> dict[str, str]:
+        """"<target> <precision>" -> why, for each asked-for precision a chosen target does not export."""
+        return {f"{t} {p}": TARGETS[t].limitations.get(p, f"{t} exports {', '.join(TARGETS[t].precisions)}")
+                for t in self.targets for p in self.precisions if p not in TARGETS[t].precisions}
 
 
 def preprocessing_constants(model: BilayerModel) -> dict:
@@ -233,17 +245,18 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
         seconds = time.perf_counter() - started
         artifacts.append({
             "name": name, "graph": graph_name, "target": target_name, "runtime": target.runtime,
-            "precision": precision, "file": str(file), "sha256": sha256_file(directory / file),
-            "size_bytes": (directory / file).stat().st_size,
+            "precision": precision, "file": str(file), "sha256": sha256_tree(directory / file),
+            "size_bytes": size_of_tree(directory / file),
             "inputs": [t.as_dict() for t in graph.input_spec()], "outputs": [t.as_dict() for t in graph.output_spec()],
             "golden": f"golden/{graph_name}.npz", "warp": target.warp_of(graph),
             **({"composited": graph.composited, "composite_inputs": [t.as_dict() for t in graph.composite_spec()]}
                if hasattr(graph, "composite_spec") else {}),
             "float_ops": notes.float_ops, "notes": notes.notes,
+            **({"delegation": notes.delegation} if notes.delegation else {}),
             "export_seconds": round(seconds, 1),
         })
         progress(("derive", graph_name, precision), f"{name}: written in {seconds:.1f} s "
-                                                    f"({(directory / file).stat().st_size / 1e6:.1f} MB)")
+                                                    f"({size_of_tree(directory / file) / 1e6:.1f} MB)")
     float_model = None
 
     manifest = {
@@ -266,6 +279,7 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
         "rejected": list(not_produced),
         "not_exported": {
             **PLANNED_TARGETS,
+            **config.skipped(),
             "identity int8": "the identity graph runs once per identity; it is exported in "
                              + " and ".join(IDENTITY_PRECISIONS),
         },

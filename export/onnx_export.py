@@ -105,7 +105,9 @@ class OnnxTarget(Target):
     extension = ".onnx"
     runtime = "onnxruntime"
     precisions = SHIPPING_PRECISIONS
-    limitations = {"dynamic shapes": "static shapes only (those of the contract)"}
+    limitations = {"dynamic shapes": "static shapes only (those of the contract)",
+                   "execution providers": "only onnxruntime's CPU provider runs here; the NNAPI, Core ML, QNN and other "
+                                          "device providers are not run"}
 
     def convert_float(self, graph, example_inputs):
         with converting(f"ONNX export of the {graph.name} graph"):

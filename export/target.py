@@ -23,10 +23,12 @@ from .errors import ConversionError
 @dataclass
 class ArtifactNotes:
     """What a target reports about one artifact it wrote: the op types (with counts) still
-    computing in float after quantization, and notes on how it was made."""
+    computing in float after quantization, notes on how it was made, and (for a runtime that
+    splits a program between a delegate and its own kernels) what the delegate took."""
 
     float_ops: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
+    delegation: dict | None = None
 
 
 class Target(ABC):
@@ -37,6 +39,7 @@ class Target(ABC):
     runtime: str  # the runtime that runs its artifacts (runtime_bench.runners): "onnxruntime"
     precisions: tuple[str, ...]  # the precisions it can produce (export.precisions names)
     limitations: dict[str, str]  # what it cannot do -> why (recorded in the manifest)
+    graphs: tuple[str, ...] | None = None  # the graphs it exports (None: every graph asked for)
 
     @abstractmethod
     def convert_float(self, graph: torch.nn.Module, example_inputs: dict[str, torch.Tensor]):
@@ -64,7 +67,7 @@ class Target(ABC):
     def describe(self) -> dict:
         """The manifest's entry for this target."""
         return {"runtime": self.runtime, "extension": self.extension, "precisions": list(self.precisions),
-                "limitations": dict(self.limitations)}
+                "graphs": list(self.graphs) if self.graphs else "all", "limitations": dict(self.limitations)}
 
 
 def output_names(graph: torch.nn.Module) -> list[str]:

@@ -102,6 +102,8 @@ class TfliteTarget(Target):
         "fp16 compute": "fp16 stores float16 weights of CONV_2D / FULLY_CONNECTED / DEPTHWISE_CONV_2D only; "
                         "compute is float32 unless a delegate (GPU) runs it in fp16",
         "dynamic shapes": "static shapes only (those of the contract)",
+        "phones": "no phone runs here (no adb): the GPU accelerator runs on a software Vulkan device (its verdicts "
+                  "and fp16 numerics, not a phone GPU's timings or driver), XNNPACK on this x86 CPU, no NPU",
     }
 
     def graph_for(self, graph, warp):

@@ -92,12 +92,18 @@ class FusedWarp(nn.Module):
 
     kind = "fused"
 
-    def __init__(self, height: int, width: int, gather: Gather = index_select_gather):
+    def __init__(self, height: int, width: int, gather: Gather = index_select_gather, flat_indices: bool = False):
         super().__init__()
         self.height, self.width, self.gather = height, width, gather
+        # flat_indices: the displacement is flattened to [H * W] while still float, so the int32
+        # arithmetic needs no int32 RESHAPE (NNAPI has that only from feature level 6, int32
+        # elementwise ops from level 4: the NNAPI profile, export.nnapi). Off for the GPU: LiteRT's
+        # accelerator computed the rank-1 int32 index arithmetic wrongly in fp16 (27.5 dB).
+        self.flat_indices = flat_indices
         self.row = width + 3  # padded row length: one zero column before, two after
-        rows = torch.arange(height, dtype=torch.int32).reshape(1, 1, height, 1).expand(1, 1, height, width)
-        cols = torch.arange(width, dtype=torch.int32).reshape(1, 1, 1, width).expand(1, 1, height, width)
+        grid = (height * width,) if flat_indices else (1, 1, height, width)
+        rows = torch.arange(height, dtype=torch.int32).reshape(height, 1).expand(height, width).reshape(grid)
+        cols = torch.arange(width, dtype=torch.int32).reshape(1, width).expand(height, width).reshape(grid)
         # per-pixel bounds of the displacement (texels): the sample point stays in [-1, size]
         for axis, index, size in (("x", cols, width), ("y", rows, height)):
             self.register_buffer(f"low_{axis}", (-1 - index).to(torch.int32).contiguous())
@@ -122,13 +128,17 @@ class FusedWarp(nn.Module):
         h, w, c = self.height, self.width, table.shape[1]
         dx = delta_uv[:, 0:1] * (w / 2)  # grid_sample units -> texels
         dy = delta_uv[:, 1:2] * (h / 2)
+        if self.flat_indices:
+            dx, dy = dx.reshape(h * w), dy.reshape(h * w)
         dx = torch.minimum(torch.maximum(dx, self.low_x_f), self.high_x_f)
         dy = torch.minimum(torch.maximum(dy, self.low_y_f), self.high_y_f)
         fx, fy = torch.floor(dx), torch.floor(dy)
         ax, ay = dx - fx, dy - fy  # bilinear weights of the right / lower neighbours
         ix = torch.minimum(torch.maximum(fx.to(torch.int32), self.low_x), self.high_x)
         iy = torch.minimum(torch.maximum(fy.to(torch.int32), self.low_y), self.high_y)
-        index = (self.base + iy * self.row + ix).reshape(h * w)
+        index = self.base + iy * self.row + ix
+        if not self.flat_indices:
+            index = index.reshape(h * w)
 
         def texels(offset: int) -> Tensor:
             rows = self.gather(table, index + offset) if offset else self.gather(table, index)
@@ -136,6 +146,8 @@ class FusedWarp(nn.Module):
 
         top_left, top_right = texels(0), texels(1)
         bottom_left, bottom_right = texels(self.row), texels(self.row + 1)
+        if self.flat_indices:
+            ax, ay = ax.reshape(1, 1, h, w), ay.reshape(1, 1, h, w)
         top = top_left + (top_right - top_left) * ax
         bottom = bottom_left + (bottom_right - bottom_left) * ax
         return top + (bottom - top) * ay

@@ -97,3 +97,21 @@ def sha256_file(path: Path | str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_tree(path: Path | str) -> str:
+    """Hex SHA-256 of a file, or of a directory (a Core ML .mlpackage): over each file's relative
+    path and SHA-256, in sorted order, so that a renamed, changed, added or removed file shows."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def size_of_tree(path: Path | str) -> int:
+    """Bytes of a file, or of every file under a directory."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -90,7 +90,16 @@ def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:
         entries.append(entry)
     devices = sorted({e["gpu"]["device"] for e in entries if e.get("gpu") and e["gpu"]["device"]})
     return {"accelerator": "LiteRT GPU accelerator (WebGPU / ML Drift), HardwareAccelerator.GPU | CPU, default fp16",
-            "devices": devices, "machine": report.machine, "artifacts": entries}
+            "devices": devices, "machine": report.machine, "artifacts": entries,
+            "executorch": executorch_delegation(manifest)}
+
+
+def executorch_delegation(manifest: dict) -> list[dict]:
+    """Per ExecuTorch program of the manifest: what the XNNPACK delegate took, as the exporter
+    recorded it from `executorch.devtools.backend_debug.get_delegation_info`."""
+    return [{"artifact": a["name"], "graph": a["graph"], "precision": a["precision"], **a["delegation"]}
+            for a in manifest["artifacts"] + manifest.get("rejected", [])
+            if a.get("runtime") == "executorch" and a.get("delegation")]
 
 
 def _nnapi_cell(verdict: dict | None) -> str:
@@ -107,7 +116,7 @@ def _fmt(x) -> str:
 def coverage_markdown(coverage: dict) -> str:
     """The report as Markdown: one summary table, then each artifact's rejected ops and op list."""
     device = ", ".join(coverage["devices"]) or "none (not run)"
-    lines = ["# Accelerator coverage of the TFLite artifacts (LiteRT GPU, NNAPI)", "",
+    lines = ["# Accelerator coverage of the artifacts (LiteRT GPU, NNAPI, ExecuTorch XNNPACK)", "",
              f"Accelerator: {coverage['accelerator']}. Device: {device}. A software Vulkan device (lavapipe) runs "
              "the same accelerator code as a phone's GPU, so verdicts and fp16 numerics hold; its timings do not. "
              "NNAPI: the static rule table of `runtime_bench/nnapi_profile.py` (the NNAPI delegate's own conditions; "
@@ -145,7 +154,25 @@ def coverage_markdown(coverage: dict) -> str:
         lines.append("")
     if any(e.get("gpu") for e in coverage["artifacts"]):
         lines += ["![ops on the GPU and on the CPU per artifact](coverage.png)", ""]
+    lines += executorch_markdown(coverage.get("executorch", []))
     return "\n".join(lines)
+
+
+def executorch_markdown(programs: list[dict]) -> list[str]:
+    """The ExecuTorch section: delegate partitions and nodes per program, and the op types left
+    to the portable kernels."""
+    if not programs:
+        return []
+    lines = ["# ExecuTorch programs: what the XNNPACK delegate takes", "",
+             "From `get_delegation_info` at export (`executorch.devtools.backend_debug`); the programs ran in the "
+             "ExecuTorch runtime for parity (reports/parity.md). Nodes on portable kernels run between the delegate's "
+             "partitions, each boundary a copy.", "",
+             "| artifact | XNNPACK partitions | nodes delegated | nodes on portable kernels | compute ops on portable kernels |",
+             "|---|---|---|---|---|"]
+    for p in programs:
+        portable = ", ".join(f"{op} x{p['ops'][op]['portable']}" for op in p["portable_ops"]) or "none"
+        lines.append(f"| {p['artifact']} | {p['partitions']} | {p['delegated_nodes']} | {p['portable_nodes']} | {portable} |")
+    return lines + [""]
 
 
 def plot_coverage(coverage: dict, path: Path) -> None:

@@ -112,6 +112,8 @@ class LiteRtGpuRunner(Runner):
     """
 
     runtime = "litert_gpu"
+    checks = ("LiteRT GPU accelerator (CompiledModel, WebGPU over Vulkan, fp16) on this machine's Vulkan device: "
+              "verdicts and fp16 numerics, not phone timings")
 
     def __init__(self, path: Path | str, enforce_f32: bool = False):
         from ai_edge_litert.compiled_model import CompiledModel, GpuOptions, HardwareAccelerator, Options

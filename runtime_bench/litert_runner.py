@@ -38,6 +38,7 @@ class LiteRtRunner(Runner):
     """
 
     runtime = "litert"
+    checks = "LiteRT interpreter (XNNPACK delegate, builtin kernels for the rest) on this machine's CPU"
 
     def __init__(self, path: Path | str, signature: str | None = None, num_threads: int | None = None,
                  use_xnnpack: bool = True, xnnpack_latest_features: bool = False):

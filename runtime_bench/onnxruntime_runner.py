@@ -36,6 +36,7 @@ class OnnxRuntimeRunner(Runner):
     """One onnxruntime session on the CPU provider."""
 
     runtime = "onnxruntime"
+    checks = "onnxruntime, CPU execution provider, on this machine"
 
     def __init__(self, path: Path | str, intra_op_threads: int | None = None):
         self.path = Path(path)

@@ -45,6 +45,26 @@ def results_table(results: list[ArtifactResult], rejected: set[str] = frozenset(
     return "\n".join(lines)
 
 
+def checked_where(results: list[ArtifactResult], bundle: Path) -> list[str]:
+    """The "what was checked where" section: what each runtime that ran establishes, then what
+    each target of the bundle leaves unchecked (its manifest limitations)."""
+    from .runners import RUNNERS, STAND_INS
+
+    runners = {cls.runtime: cls for cls in list(RUNNERS.values()) + list(STAND_INS.values())}
+    used = sorted({r.runtime for r in results if r.runtime in runners})
+    lines = ["## What was checked where", "", "| runtime | what its runs establish |", "|---|---|"]
+    lines += [f"| {runtime} | {runners[runtime].checks} |" for runtime in used]
+    try:
+        targets = json.loads((Path(bundle) / "manifest.json").read_text()).get("targets", {})
+    except (OSError, ValueError):
+        targets = {}
+    if targets:
+        lines += ["", "Not checked here, per target (the manifest's `targets.<name>.limitations`):", ""]
+        for name, target in targets.items():
+            lines += [f"- {name}: {key}: {why}" for key, why in target.get("limitations", {}).items()]
+    return lines + [""]
+
+
 def gate_description() -> str:
     """The gates in one paragraph (printed by `validate`, written into parity.md)."""
     psnr = ", ".join(f"{k} >= {v:.0f} dB" for k, v in THRESHOLDS_DB.items())
@@ -77,6 +97,7 @@ def write_reports(bundle: Path, report: ValidationReport) -> None:
           "are gated at the looser of the artifact's gate and fp16's; reports/coverage.md has the accelerator's "
           "verdict for every TFLite artifact. Shader rows run the bundle's compositing shaders on this machine's GPU "
           "driver (manual sampling gated at fp32, hardware sampling at fp16).", ""]
+    md += checked_where(report.results, bundle)
     if report.not_run:
         md += ["## Not run on this machine", ""] + [f"- {line}" for line in report.not_run] + [""]
     if rejected:

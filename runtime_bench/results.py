@@ -30,12 +30,13 @@ class ArtifactResult:
     runtime: str = ""
     samples: int = 0  # golden samples run
     gpu: dict | None = None  # the GPU accelerator's verdict (litert_gpu_runner.GpuVerdict.as_dict)
+    nnapi: dict | None = None  # NNAPI profile artifacts: the rule table's verdict (nnapi_profile.verdict_of)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "artifact": self.artifact, "runtime": self.runtime, "samples": self.samples,
                 "target": self.target, "precision": self.precision, "graph": self.graph,
                 "threshold_db": self.threshold_db, "passed": self.passed, "gated_outputs": list(self.gated_outputs),
-                "gpu": self.gpu,
+                "gpu": self.gpu, "nnapi": self.nnapi,
                 "warp_px": self.warp_px, "uv_limit_px": self.uv_limit_px,
                 "outputs": {k: v.as_dict() for k, v in self.outputs.items()}, "localization": self.localization}
 

@@ -88,6 +88,7 @@ class Runner(ABC):
     implement `_infer(prepared) -> {output name: array}`."""
 
     runtime: str  # the name bundles use for this runtime (`RUNNERS` in runtime_bench.runners)
+    checks: str  # what a pass in this runner establishes, for the reports ("what was checked where")
     path: Path
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]

@@ -2,28 +2,38 @@
 
 An exporter target names the runtime that runs its artifacts (`runtime` in each manifest
 entry); this table is the one place that name meets a runner class. A runtime that cannot run
-here (Core ML needs macOS, NNAPI a phone) is listed in `UNAVAILABLE` with the reason.
+here is listed in `UNAVAILABLE` with the reason, or has a stand-in (`STAND_INS`) that checks
+as much as this machine can and names itself in the results.
 "litert_gpu" is LiteRT's GPU accelerator, which runs every TFLite artifact a second time
 (`runtime_bench.validate`); it needs a Vulkan device (`GpuUnavailable` says how to get one).
 """
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
+from .coreml_runner import CoreMlRunner, MilProgramRunner
+from .executorch_runner import ExecutorchRunner
 from .litert_gpu_runner import LiteRtGpuRunner
 from .litert_runner import LiteRtRunner
 from .onnxruntime_runner import OnnxRuntimeRunner
 from .runner import Runner, RuntimeUnavailable
 
-RUNNERS: dict[str, type[Runner]] = {runner.runtime: runner for runner in (OnnxRuntimeRunner, LiteRtRunner, LiteRtGpuRunner)}
+RUNNERS: dict[str, type[Runner]] = {runner.runtime: runner for runner in (OnnxRuntimeRunner, LiteRtRunner, LiteRtGpuRunner,
+                                                                     ExecutorchRunner, CoreMlRunner)}
+# Runtimes that cannot run on this system, and what checks their artifacts instead: Core ML
+# predicts only on macOS, so elsewhere a package's saved MIL program is evaluated on the host
+# (runtime "coreml_mil_host" in every result, never reported as Core ML parity).
+STAND_INS: dict[str, type[Runner]] = {} if platform.system() == "Darwin" else {"coreml": MilProgramRunner}
 UNAVAILABLE: dict[str, str] = {
-    "coreml": "Core ML prediction needs macOS",
     "nnapi": "NNAPI needs an Android device (adb)",
 }
 
 
 def make_runner(runtime: str, path: Path) -> Runner:
-    """A runner of `runtime` for the model at `path`."""
+    """A runner of `runtime` for the model at `path` (its stand-in where it cannot run here)."""
+    if runtime in STAND_INS:
+        return STAND_INS[runtime](path)
     if runtime in RUNNERS:
         return RUNNERS[runtime](path)
     reason = UNAVAILABLE.get(runtime, f"no runner is registered for it (known: {', '.join(RUNNERS)})")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..reference.errors import BilayerError
-from ..reference.files import sha256_file
+from ..reference.files import sha256_tree
 from .compare import (FIGURE_DRIFT_DB, FIGURE_DRIFT_UV_PX, FIGURE_PSNR_CEILING_DB, THRESHOLDS_DB, UV_TOLERANCE,
                       RUNTIME_COMPUTE_PRECISION, OutputComparison, compare_output, gate_precision, warp_px)
 from .machine import describe_machine
@@ -108,9 +108,9 @@ def check_integrity(bundle: Path, manifest: dict, include_rejected: bool = False
             rel = artifact[key]
             expected = artifact["sha256"] if key == "file" else manifest["golden"][rel]["sha256"]
             path = Path(bundle) / rel
-            if not path.is_file():
+            if not path.exists():
                 raise BundleError(f"{rel} (listed in manifest.json for artifact {artifact['name']}) is missing")
-            actual = sha256_file(path)
+            actual = sha256_tree(path)
             if actual != expected:
                 raise BundleError(
                     f"{rel} does not match manifest.json (sha256 {actual[:12]}... != {expected[:12]}...): the file was "
@@ -168,7 +168,7 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | N
     primary = runtime == artifact["runtime"]
     res = ArtifactResult(artifact["name"] if primary else f"{artifact['name']}@{runtime}", artifact["target"],
                          precision, artifact["graph"], THRESHOLDS_DB[gate], False, worst, gated,
-                         artifact=artifact["name"], runtime=runtime, samples=count)
+                         artifact=artifact["name"], runtime=runner.runtime, samples=count)
     verdict = getattr(runner, "verdict", None)
     if verdict is not None:
         res.gpu = verdict.as_dict()
@@ -179,9 +179,18 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | N
         if runtime not in RUNTIME_COMPUTE_PRECISION:  # fp16 compute: reported, gated by the image
             res.uv_limit_px = UV_TOLERANCE[gate].limit_px(res.warp_px)
             uv_ok = res.uv_error_px <= res.uv_limit_px
-    res.passed = bool(res.gated_psnr_db >= res.threshold_db and uv_ok)
+    delegable = True
+    if artifact["target"] == NNAPI_TARGET and primary:  # the profile's promise: the delegate takes it whole
+        from .nnapi_profile import nnapi_verdict
+
+        res.nnapi = nnapi_verdict(Path(bundle) / artifact["file"])
+        delegable = res.nnapi["whole"]
+    res.passed = bool(res.gated_psnr_db >= res.threshold_db and uv_ok and delegable)
     return res, worst_arrays
 
+
+# The NNAPI profile's artifacts (export.nnapi) also pass only when the NNAPI rule table takes them whole.
+NNAPI_TARGET = "nnapi"
 
 # LiteRT's GPU accelerator runs every TFLite artifact of these graphs a second time, on this many
 # golden samples (lavapipe, the software Vulkan driver, takes seconds per frame on a CPU host).
@@ -193,8 +202,9 @@ GPU_MODES = ("auto", "require", "off")  # auto: run when the machine has a Vulka
 
 def further_runtimes(artifact: dict) -> list[str]:
     """The runtimes besides its own that an artifact is validated in: the GPU accelerator for the
-    TFLite frame graphs."""
-    return [GPU_RUNTIME] if artifact["runtime"] == "litert" and artifact["graph"] in GPU_GRAPHS else []
+    TFLite frame graphs (not the NNAPI profile's, which is made for the NNAPI delegate in float32)."""
+    gpu = artifact["runtime"] == "litert" and artifact["graph"] in GPU_GRAPHS and artifact["target"] != NNAPI_TARGET
+    return [GPU_RUNTIME] if gpu else []
 
 
 LOCALIZED_PRECISIONS = ("int8", "int8_dynamic")
@@ -259,6 +269,9 @@ def verdict_line(r: ArtifactResult) -> str:
         text += f", UV {r.uv_error_px:.3f} px" + (f" (<= {r.uv_limit_px:.3f})" if r.uv_limit_px is not None else " (reported)")
     if r.gpu is not None:
         text += ", " + ("fully accelerated" if r.gpu["fully_accelerated"] else "NOT fully accelerated")
+    if r.nnapi is not None:
+        text += (f", NNAPI rule table: whole from feature level {r.nnapi['min_feature_level']}" if r.nnapi["whole"]
+                 else f", NNAPI rule table: NOT whole ({r.nnapi['delegable_percent']:g}%)")
     return text
 
 

@@ -123,3 +123,30 @@ def parity():
         return result
 
     return measure
+
+
+@pytest.fixture(scope="session")
+def realistic_tiny(tiny_model):
+    """golden_tiny's architecture built with the default-model recipe: spectral-norm weights,
+    standing BatchNorm statistics from real faces and a ~3 px warp (about 20 s)."""
+    from bilayer_mobile.reference.default_model import DefaultModelRecipe, build_default_model, measure_uv_displacement_px
+
+    torch.manual_seed(0)
+    model = build_default_model(tiny_model.config, DefaultModelRecipe(stats_identities=8, uv_identities=4,
+                                                                      with_enhancer=False)).eval()
+    assert 2.5 < measure_uv_displacement_px(model, count=4) < 3.5
+    return model
+
+
+@pytest.fixture(scope="session")
+def realistic_frame(realistic_tiny):
+    """The frame graph of `realistic_tiny`, real-face feeds and calibration feeds (the clips of
+    the ONNX tests' `clips`)."""
+    from bilayer_mobile.export.calibration import frame_feeds, photo_clips
+    from bilayer_mobile.export.graphs import FrameGraph, adaptive_layout
+
+    clips = {"eval": photo_clips(2, 2, seed=202), "calib": photo_clips(4, 4, seed=101)}
+    m = realistic_tiny
+    state = m.init_identity(clips["eval"][0].image[None], clips["eval"][0].keypoints[None])
+    graph = FrameGraph(m, adaptive_layout(state), debug_outputs=True).eval()
+    return graph, frame_feeds(m, clips["eval"]), frame_feeds(m, clips["calib"])

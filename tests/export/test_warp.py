@@ -26,11 +26,12 @@ def displacement(size: int, pixels: float, seed: int = 1) -> torch.Tensor:
     return torch.randn(1, 2, size, size, generator=g) * pixels / (size / 2)
 
 
+@pytest.mark.parametrize("flat_indices", [False, True], ids=["4d-indices", "flat-indices"])
 @pytest.mark.parametrize("pixels", [0.0, 0.3, 3.0, 20.0, 200.0])
-def test_fused_warp_is_grid_sample(pixels):
+def test_fused_warp_is_grid_sample(pixels, flat_indices):
     texture, delta = smooth_texture(SIZE), displacement(SIZE, pixels)
     reference = GridSampleWarp(pixel_center_grid(SIZE))(texture, delta)
-    fused = FusedWarp(SIZE, SIZE)(texture, delta)
+    fused = FusedWarp(SIZE, SIZE, flat_indices=flat_indices)(texture, delta)
     # fp32 round-off of the sample position (grid_sample forms ((u + 1) * W - 1) / 2)
     assert (fused - reference).abs().max() < 1e-5
     assert psnr_db(reference.numpy(), fused.numpy()) > THRESHOLDS_DB["fp32"] + 40
@@ -60,11 +61,12 @@ def test_zero_padding_beyond_every_border():
     assert torch.all(fused[..., :2] == 0) and torch.all(fused[..., 2] != 0)
 
 
-def test_nan_and_huge_displacements_stay_inside_the_table():
+@pytest.mark.parametrize("flat_indices", [False, True], ids=["4d-indices", "flat-indices"])
+def test_nan_and_huge_displacements_stay_inside_the_table(flat_indices):
     texture = smooth_texture(SIZE)
     for value in (float("nan"), float("inf"), -float("inf"), 1e30):
         delta = torch.full((1, 2, SIZE, SIZE), value)
-        out = FusedWarp(SIZE, SIZE)(texture, delta)  # an index outside the table would raise
+        out = FusedWarp(SIZE, SIZE, flat_indices=flat_indices)(texture, delta)  # an index outside the table would raise
         assert out.shape == texture.shape
         if not np.isnan(value):  # the sample lands beyond the border: zero padding
             assert torch.all(out == 0)
