@@ -44,7 +44,7 @@ bundle: setup
 	$(BIN)/bilayer-mobile info
 	rm -rf $(OUT)/bundle
 	@echo "== 2/3 export and validate (5-9 minutes on 2 cores, GPU runs on lavapipe included; each step shows the time left)"
-	@status=0; $(BIN)/bilayer-mobile export --targets onnx,tflite --precisions fp32,fp16,int8_dynamic,int8 \
+	@status=0; $(BIN)/bilayer-mobile export --targets onnx,tflite,coreml,executorch,nnapi --precisions fp32,fp16,int8_dynamic,int8 \
 		--out $(OUT)/bundle || status=$$?; \
 	if [ $$status -ge 2 ]; then exit $$status; fi; \
 	echo "== 3/3 render demo"; \

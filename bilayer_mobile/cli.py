@@ -340,7 +340,7 @@ def cmd_coverage(args) -> int:
     from bilayer_mobile.runtime_bench.coverage import coverage_markdown, gpu_coverage, write_coverage
     from bilayer_mobile.runtime_bench.validate import validate_bundle
 
-    log = lambda step, line: print(line, file=sys.stderr, flush=True)
+    log = lambda step, line, target=None: print(line, file=sys.stderr, flush=True)
     report = validate_bundle(args.bundle, progress=log, gpu="require", runtimes=("litert_gpu",))
     coverage = gpu_coverage(args.bundle, report)
     if args.write_reports:
@@ -354,7 +354,7 @@ def cmd_validate(args) -> int:
     from bilayer_mobile.runtime_bench.report import gate_description, localization_line, results_table, write_reports
     from bilayer_mobile.runtime_bench.validate import validate_bundle
 
-    log = lambda step, line: print(line, file=sys.stderr, flush=True)
+    log = lambda step, line, target=None: print(line, file=sys.stderr, flush=True)
     # a rewritten report covers every artifact the bundle holds, rejected ones included
     include_rejected = args.include_rejected or args.write_reports
     report = validate_bundle(args.bundle, progress=log, include_rejected=include_rejected, gpu=args.gpu)

@@ -26,7 +26,8 @@ def minutes(seconds: float) -> str:
 class StepProgress:
     """Progress of a job made of weighted steps: call it with (step, line) after each step.
 
-    `costs` maps a step to its relative cost (seconds measured once); unknown steps cost 0.
+    `costs(step, target)` is a step's relative cost (seconds measured once; 0 for an unknown
+    step); a step may name the target it is for (`target=`).
     On a terminal a tqdm bar shows the share done and the time left; elsewhere (CI logs) each
     line carries the elapsed time and the time left instead."""
 
@@ -37,8 +38,8 @@ class StepProgress:
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, about {remaining} left")
                     if stream.isatty() else None)
 
-    def __call__(self, step: tuple, line: str) -> None:
-        cost = self.costs.get(step, 0.0)
+    def __call__(self, step: tuple, line: str, target: str | None = None) -> None:
+        cost = self.costs(step, target)
         self.done += cost
         if self.bar is not None:
             self.bar.write(line, file=self.stream)

@@ -43,7 +43,7 @@ from .targets import PLANNED_TARGETS, TARGETS
 from .warp import WARPS
 
 FORMAT = "bilayer-mobile-bundle"
-FORMAT_VERSION = 4  # 4: artifacts record their warp; the split frame graph and its shaders
+FORMAT_VERSION = 5  # 5: Core ML packages (directories), ExecuTorch programs, the NNAPI profile, accelerator records
 GRAPH_NAMES = ("identity", "frame", "baked_frame", "split_frame")
 SHADERS_DIR = Path(__file__).parent / "shaders"  # shipped in bundles beside the split frame graph
 
@@ -140,9 +140,10 @@ def reference_outputs(graph: torch.nn.Module, feeds: list[dict[str, np.ndarray]]
     return {n: np.stack(v).astype(np.float32) for n, v in outs.items()}
 
 
-# Where progress goes: progress(step, line) after each step, `step` a key of the cost table the
-# caller keeps (("prepare",), ("convert", graph), ("derive", graph, precision)).
-Progress = Callable[[tuple, str], None]
+# Where progress goes: progress(step, line, target=None) after each step, `step` a key of the
+# cost table the caller keeps (("prepare",), ("convert", graph), ("derive", graph, precision)),
+# `target` the target the step was for.
+Progress = Callable[..., None]
 
 
 @dataclass
@@ -228,7 +229,7 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
             float_key = (graph_name, target_name)
             progress(("convert", graph_name), f"{graph_name} graph -> {target_name} float model "
                      + (f"FAILED: {float_error.splitlines()[0][:200]}" if float_error
-                        else f"in {time.perf_counter() - started:.1f} s"))
+                        else f"in {time.perf_counter() - started:.1f} s"), target=target_name)
         started = time.perf_counter()
         try:
             if float_error:
@@ -240,7 +241,8 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
             error = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
             not_produced.append({"name": name, "graph": graph_name, "target": target_name, "runtime": target.runtime,
                                  "precision": precision, "file": None, "error": error})
-            progress(("derive", graph_name, precision), f"{name}: could not be produced: {error.splitlines()[0][:200]}")
+            progress(("derive", graph_name, precision), f"{name}: could not be produced: {error.splitlines()[0][:200]}",
+                     target=target_name)
             continue
         seconds = time.perf_counter() - started
         artifacts.append({
@@ -252,11 +254,11 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
             **({"composited": graph.composited, "composite_inputs": [t.as_dict() for t in graph.composite_spec()]}
                if hasattr(graph, "composite_spec") else {}),
             "float_ops": notes.float_ops, "notes": notes.notes,
-            **({"delegation": notes.delegation} if notes.delegation else {}),
+            **({"accelerator": notes.accelerator} if notes.accelerator else {}),
             "export_seconds": round(seconds, 1),
         })
         progress(("derive", graph_name, precision), f"{name}: written in {seconds:.1f} s "
-                                                    f"({size_of_tree(directory / file) / 1e6:.1f} MB)")
+                                                    f"({size_of_tree(directory / file) / 1e6:.1f} MB)", target=target_name)
     float_model = None
 
     manifest = {

@@ -83,10 +83,12 @@ RESAMPLE_CONVENTION = {
 # behaviour rather than a documented rule. Sources: coremltools guide pages as titled.
 ANE_NOTES: dict[str, dict[str, str]] = {
     "precision": {
-        "note": "The Neural Engine computes in fp16; an fp32 program's ops run on the GPU/CPU or are "
-                "converted to fp16 by Core ML when dispatched to the ANE. fp16 is the default compute "
-                "precision of ML Programs for this reason.",
-        "source": "coremltools guide 'Typed Execution' (https://apple.github.io/coremltools/docs-guides/source/typed-execution.html)",
+        "note": "An fp16-typed ML Program is eligible for the Neural Engine, GPU and CPU; an fp32-typed one "
+                "executes on the GPU and CPU only. So only the fp16 and int8_dynamic (fp16 compute) packages "
+                "can reach the Neural Engine; fp32 is the accuracy fallback.",
+        "source": "coremltools guide 'Typed Execution' and its 'Typed Execution Workflow Example' "
+                  "(https://apple.github.io/coremltools/docs-guides/source/typed-execution.html, "
+                  "https://apple.github.io/coremltools/docs-guides/source/typed-execution-example.html)",
     },
     "shapes": {
         "note": "Static (fixed) input shapes give Core ML the most freedom to place ops on the ANE; "
@@ -151,7 +153,13 @@ class CoremlTarget(Target):
     extension = ".mlpackage"
     runtime = "coreml"
     precisions = PRECISIONS
+    # The identity graph converts too (tests/export/test_coreml.py), but off macOS its package can
+    # only be checked by the numpy MIL evaluator, minutes per sample at the paper size: a bundle
+    # ships the frame graphs, each checked.
+    graphs = ("frame", "baked_frame", "split_frame")
     limitations = {
+        "identity graph": "not in bundles: it converts (tested on a small model), but its only check off macOS, the "
+                          "host MIL evaluation, takes minutes per sample at the paper size (~350 GMAC with the enhancer)",
         "int8": "no calibrated static int8: Core ML's int8 is weights-only here (int8_dynamic); activation "
                 "quantization (linear_quantize_activations) is not used",
         "dynamic shapes": "static shapes only (those of the contract)",
@@ -248,7 +256,11 @@ def export_coreml(graph, float_model: CoremlFloat, precision: str, path: Path) -
     notes.append(f"{len(resamples)} resample op(s), convention " +
                  ("; ".join(json.dumps(r, sort_keys=True) for r in resamples) if resamples else "n/a"))
     float_ops = {k: v for k, v in info["float_ops"].items()} if precision == "int8_dynamic" else None
-    return ArtifactNotes(float_ops, notes)
+    eligible = "GPU, CPU" if precision == "fp32" else "Neural Engine, GPU, CPU"
+    accelerator = {"backend": "Core ML", "deployment_target": info["deployment_target"], "ops": info["ops"],
+                   "op_precisions": info["op_precisions"], "resample": resamples,
+                   "compute_units_eligible": eligible, "ane_notes": ANE_NOTES}
+    return ArtifactNotes(float_ops, notes, accelerator=accelerator)
 
 
 def save_package(mlmodel, path: Path, expected_inputs: list[str], expected_outputs: list[str]) -> None:

@@ -188,4 +188,4 @@ class ExecutorchTarget(Target):
                      f"({', '.join(delegation['portable_ops']) or 'no compute op'})")
         write_bytes_atomic(path, buffer)
         _log(f"wrote {path} ({len(buffer) / 1e6:.2f} MB) in {time.perf_counter() - started:.1f} s")
-        return ArtifactNotes(float_ops=None, notes=notes, delegation=delegation)
+        return ArtifactNotes(float_ops=None, notes=notes, accelerator=delegation)

@@ -23,12 +23,13 @@ from .errors import ConversionError
 @dataclass
 class ArtifactNotes:
     """What a target reports about one artifact it wrote: the op types (with counts) still
-    computing in float after quantization, notes on how it was made, and (for a runtime that
-    splits a program between a delegate and its own kernels) what the delegate took."""
+    computing in float after quantization, notes on how it was made, and what is known at
+    export of how the artifact maps onto its runtime's accelerators (`accelerator`: ExecuTorch's
+    delegation summary, Core ML's op list and Neural Engine notes), for the coverage report."""
 
     float_ops: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
-    delegation: dict | None = None
+    accelerator: dict | None = None
 
 
 class Target(ABC):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..reference.files import atomic_write, write_text_atomic
 from .nnapi_profile import OpOperands, connected_sets, model_operands, verdict_of
-from .validate import GPU_RUNTIME, ValidationReport, load_manifest
+from .validate import GPU_RUNTIME, NNAPI_TARGET, ValidationReport, load_manifest
 
 
 def model_ops(path: Path) -> list[dict]:
@@ -76,7 +76,10 @@ def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:
         if run is None:
             why = [line for line in report.not_run if line.startswith(f"{artifact['name']} on")]
             entry["gpu"] = None
-            entry["not_run"] = why[0] if why else "not run on the GPU (only the frame graphs are, and only with --gpu auto/require)"
+            entry["not_run"] = (why[0] if why else
+                                "not run on the GPU: the NNAPI profile is for the NNAPI delegate in float32 (docs/nnapi.md)"
+                                if artifact["target"] == NNAPI_TARGET else
+                                "not run on the GPU (only the frame graphs are, and only with --gpu auto/require)")
         else:
             verdict = run.gpu
             rejected = rejected_ops(ops, verdict)
@@ -91,15 +94,25 @@ def gpu_coverage(bundle: Path | str, report: ValidationReport) -> dict:
     devices = sorted({e["gpu"]["device"] for e in entries if e.get("gpu") and e["gpu"]["device"]})
     return {"accelerator": "LiteRT GPU accelerator (WebGPU / ML Drift), HardwareAccelerator.GPU | CPU, default fp16",
             "devices": devices, "machine": report.machine, "artifacts": entries,
-            "executorch": executorch_delegation(manifest)}
+            "executorch": executorch_delegation(manifest), "coreml": coreml_packages(manifest)}
 
 
 def executorch_delegation(manifest: dict) -> list[dict]:
     """Per ExecuTorch program of the manifest: what the XNNPACK delegate took, as the exporter
     recorded it from `executorch.devtools.backend_debug.get_delegation_info`."""
-    return [{"artifact": a["name"], "graph": a["graph"], "precision": a["precision"], **a["delegation"]}
+    return _accelerator_records(manifest, "executorch")
+
+
+def coreml_packages(manifest: dict) -> list[dict]:
+    """Per Core ML package of the manifest: its op list, compute dtypes, the compute units its
+    precision is eligible for and the Neural Engine notes, as the exporter recorded them."""
+    return _accelerator_records(manifest, "coreml")
+
+
+def _accelerator_records(manifest: dict, runtime: str) -> list[dict]:
+    return [{"artifact": a["name"], "graph": a["graph"], "precision": a["precision"], **a["accelerator"]}
             for a in manifest["artifacts"] + manifest.get("rejected", [])
-            if a.get("runtime") == "executorch" and a.get("delegation")]
+            if a.get("runtime") == runtime and a.get("accelerator")]
 
 
 def _nnapi_cell(verdict: dict | None) -> str:
@@ -116,7 +129,7 @@ def _fmt(x) -> str:
 def coverage_markdown(coverage: dict) -> str:
     """The report as Markdown: one summary table, then each artifact's rejected ops and op list."""
     device = ", ".join(coverage["devices"]) or "none (not run)"
-    lines = ["# Accelerator coverage of the artifacts (LiteRT GPU, NNAPI, ExecuTorch XNNPACK)", "",
+    lines = ["# Accelerator coverage of the artifacts (LiteRT GPU, NNAPI, ExecuTorch XNNPACK, Core ML)", "",
              f"Accelerator: {coverage['accelerator']}. Device: {device}. A software Vulkan device (lavapipe) runs "
              "the same accelerator code as a phone's GPU, so verdicts and fp16 numerics hold; its timings do not. "
              "NNAPI: the static rule table of `runtime_bench/nnapi_profile.py` (the NNAPI delegate's own conditions; "
@@ -155,7 +168,33 @@ def coverage_markdown(coverage: dict) -> str:
     if any(e.get("gpu") for e in coverage["artifacts"]):
         lines += ["![ops on the GPU and on the CPU per artifact](coverage.png)", ""]
     lines += executorch_markdown(coverage.get("executorch", []))
+    lines += coreml_markdown(coverage.get("coreml", []))
     return "\n".join(lines)
+
+
+def coreml_markdown(packages: list[dict]) -> list[str]:
+    """The Core ML section: per package its deployment target, the compute units its precision
+    can use, the dtypes its ops compute in and the warp's convention; then the Neural Engine
+    notes once."""
+    if not packages:
+        return []
+    lines = ["# Core ML packages: what Core ML may place where", "",
+             "From each saved package at export (no Core ML runtime here: its placement of ops on the Neural Engine, "
+             "GPU and CPU is decided on the device; check it there with Xcode's performance report or MLComputePlan). "
+             "Parity: the MIL program evaluated on the host (reports/parity.md, runtime coreml_mil_host).", "",
+             "| artifact | deployment target | compute units eligible | ops | op compute dtypes | resample |",
+             "|---|---|---|---|---|---|"]
+    for p in packages:
+        resample = "; ".join(f"{r.get('sampling_mode')}, {r.get('coordinates_mode')}, align_corners "
+                             f"{r.get('align_corners')}" for r in p.get("resample", [])) or "-"
+        dtypes = ", ".join(f"{k} x{v}" for k, v in p.get("op_precisions", {}).items())
+        lines.append(f"| {p['artifact']} | {p['deployment_target']} | {p['compute_units_eligible']} | "
+                     f"{sum(p['ops'].values())} | {dtypes} | {resample} |")
+    lines += ["", "Neural Engine notes (from Apple's and coremltools' documentation; \"(uncertain)\" marks reported "
+              "behaviour that no Apple document states):", ""]
+    for topic, note in packages[0].get("ane_notes", {}).items():
+        lines.append(f"- {topic}: {note['note']} Source: {note['source']}")
+    return lines + [""]
 
 
 def executorch_markdown(programs: list[dict]) -> list[str]:

@@ -13,6 +13,7 @@ its output while compiling and keeps the verdict (`GpuVerdict`).
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,39 +104,27 @@ def _op_count(path: Path) -> int:
     return len(model.subgraphs[0].operators)
 
 
-class LiteRtGpuRunner(Runner):
-    """A .tflite model compiled for LiteRT's GPU accelerator (CPU for the ops it rejects).
+class _CompiledGpuModel:
+    """The model compiled for the GPU accelerator, in the process that runs it (the worker)."""
 
-    runner = LiteRtGpuRunner("frame_fp32.tflite")       # fp16 compute, as on a phone
-    runner.verdict.summary()  # 'fully accelerated (268 ops on the GPU, fp16)'
-    out = runner.infer({"keypoints": kp, "texture": tex, "adaptive_params": p})
-    """
-
-    runtime = "litert_gpu"
-    checks = ("LiteRT GPU accelerator (CompiledModel, WebGPU over Vulkan, fp16) on this machine's Vulkan device: "
-              "verdicts and fp16 numerics, not phone timings")
-
-    def __init__(self, path: Path | str, enforce_f32: bool = False):
+    def __init__(self, path: Path, enforce_f32: bool):
         from ai_edge_litert.compiled_model import CompiledModel, GpuOptions, HardwareAccelerator, Options
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path} does not exist; export the model first")
         gpu_options = GpuOptions(enforce_f32=True) if enforce_f32 else None
         options = Options(hardware_accelerators=HardwareAccelerator.GPU | HardwareAccelerator.CPU,
                           gpu_options=gpu_options)
         with native_output_captured() as log:
             try:
-                self._model = CompiledModel.from_file(str(self.path), options=options)
+                self._model = CompiledModel.from_file(str(path), options=options)
                 error = None
             except RuntimeError as exc:
                 error = exc
-        log_text = "".join(log)
+        self.log_text = "".join(log)
         if error is not None:
-            if "WebGPU environment" in log_text or "WebGPU environment" in str(error):
-                raise GpuUnavailable(f"cannot run {self.path.name} on the GPU: {VULKAN_ADVICE}") from None
-            raise
-        self.verdict = parse_verdict(log_text, bool(self._model.is_fully_accelerated()), _op_count(self.path),
+            if "WebGPU environment" in self.log_text or "WebGPU environment" in str(error):
+                raise GpuUnavailable(f"cannot run {path.name} on the GPU: {VULKAN_ADVICE}") from None
+            raise error
+        self.verdict = parse_verdict(self.log_text, bool(self._model.is_fully_accelerated()), _op_count(path),
                                      fp16=not enforce_f32)
         signatures = self._model.get_signature_list()
         self.signature = next(iter(signatures))
@@ -146,7 +135,7 @@ class LiteRtGpuRunner(Runner):
         self.inputs = [tensor_info(n, inputs[n]) for n in names["inputs"]]
         self.outputs = [tensor_info(n, outputs[n]) for n in names["outputs"]]
 
-    def _infer(self, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self._model.create_input_buffers(self._index)
         outputs = self._model.create_output_buffers(self._index)
         for info, buffer in zip(self.inputs, inputs):
@@ -154,3 +143,82 @@ class LiteRtGpuRunner(Runner):
         self._model.run_by_index(self._index, inputs, outputs)
         return {info.name: buffer.read(int(np.prod(info.shape)), info.dtype).reshape(info.shape)
                 for info, buffer in zip(self.outputs, outputs)}
+
+
+def _serve(connection, path: str, enforce_f32: bool) -> None:
+    """The worker: compile the model, describe it, then answer feeds until told to stop (None)."""
+    try:
+        model = _CompiledGpuModel(Path(path), enforce_f32)
+        connection.send(("ok", (model.log_text, model.verdict, model.signature, model.inputs, model.outputs)))
+    except BaseException as exc:  # noqa: BLE001  (sent to the parent, which raises it)
+        connection.send(("error", isinstance(exc, GpuUnavailable), f"{type(exc).__name__}: {exc}"))
+        return
+    while (feed := connection.recv()) is not None:
+        try:
+            connection.send(("ok", model.infer(feed)))
+        except Exception as exc:  # noqa: BLE001
+            connection.send(("error", False, f"{type(exc).__name__}: {exc}"))
+
+
+class LiteRtGpuRunner(Runner):
+    """A .tflite model compiled for LiteRT's GPU accelerator (CPU for the ops it rejects).
+
+    runner = LiteRtGpuRunner("frame_fp32.tflite")       # fp16 compute, as on a phone
+    runner.verdict.summary()  # 'fully accelerated (268 ops on the GPU, fp16)'
+    out = runner.infer({"keypoints": kp, "texture": tex, "adaptive_params": p})
+
+    The accelerator runs in a worker process of its own (started fresh, `spawn`): in a process
+    that has loaded coremltools 9.0 (the Core ML export and its host check) LiteRT 2.3's GPU
+    accelerator crashes the interpreter with a segmentation fault while it runs a model. As with
+    any `spawn` worker, a script that makes this runner needs the `if __name__ == "__main__":`
+    guard (the command-line tool and pytest have it).
+    """
+
+    runtime = "litert_gpu"
+    checks = ("LiteRT GPU accelerator (CompiledModel, WebGPU over Vulkan, fp16) on this machine's Vulkan device: "
+              "verdicts and fp16 numerics, not phone timings")
+
+    def __init__(self, path: Path | str, enforce_f32: bool = False):
+        import multiprocessing
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path} does not exist; export the model first")
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._worker = context.Process(target=_serve, args=(child, str(self.path), enforce_f32), daemon=True)
+        self._worker.start()
+        child.close()
+        log_text, self.verdict, self.signature, self.inputs, self.outputs = self._answer()
+        logging.getLogger(__name__).info(log_text)
+
+    def _answer(self):
+        try:
+            reply = self._connection.recv()
+        except EOFError:
+            self._worker.join(5)
+            raise RuntimeError(f"LiteRT's GPU accelerator process died (exit code {self._worker.exitcode}) "
+                               f"running {self.path.name}") from None
+        if reply[0] == "error":
+            _, unavailable, message = reply
+            raise (GpuUnavailable if unavailable else RuntimeError)(message)
+        return reply[1]
+
+    def _infer(self, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._connection.send(prepared)
+        return self._answer()
+
+    def close(self) -> None:
+        """Stop the worker (also done when the runner is garbage-collected)."""
+        if getattr(self, "_worker", None) is not None and self._worker.is_alive():
+            try:
+                self._connection.send(None)
+            except OSError:
+                pass
+            self._worker.join(10)
+            if self._worker.is_alive():
+                self._worker.kill()
+        self._worker = None
+
+    def __del__(self):
+        self.close()

@@ -38,8 +38,10 @@ from .runners import RuntimeUnavailable, make_runner
 
 # The manifest layout this reader understands (export/bundle.py writes it).
 FORMAT = "bilayer-mobile-bundle"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 ARTIFACT_KEYS = ("name", "graph", "target", "runtime", "precision", "file", "sha256", "golden", "inputs", "outputs")
+# The NNAPI profile's artifacts (export.nnapi) also pass only when the NNAPI rule table takes them whole.
+NNAPI_TARGET = "nnapi"
 
 
 class BundleError(BilayerError):
@@ -189,9 +191,6 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | N
     return res, worst_arrays
 
 
-# The NNAPI profile's artifacts (export.nnapi) also pass only when the NNAPI rule table takes them whole.
-NNAPI_TARGET = "nnapi"
-
 # LiteRT's GPU accelerator runs every TFLite artifact of these graphs a second time, on this many
 # golden samples (lavapipe, the software Vulkan driver, takes seconds per frame on a CPU host).
 GPU_RUNTIME = "litert_gpu"
@@ -283,7 +282,7 @@ def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = 
     the machine has them, "require", "off"); compare the figures with those the bundle recorded.
     `runtimes` keeps only the runs in those runtimes (e.g. ("litert_gpu",) for `coverage`).
 
-    progress(step, line) is called after each run with the step `("validate", graph)` and a
+    progress(step, line, target=...) is called after each run with the step `("validate", graph)` and a
     line that gives its verdict and time."""
     if gpu not in GPU_MODES:
         raise BundleError(f"unknown GPU mode {gpu!r}; choose from {', '.join(GPU_MODES)}")
@@ -325,7 +324,7 @@ def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = 
         if progress:
             step = ("validate", artifact["graph"]) + (() if runtime == artifact["runtime"] else (runtime,))
             progress(step, f"{result.name}: {verdict_line(result)} "
-                                                      f"(validated in {time.perf_counter() - started:.1f} s)")
+                           f"(validated in {time.perf_counter() - started:.1f} s)", target=artifact["target"])
     if manifest.get("shaders") and runtimes is None and gpu != "off":
         from .shader_check import shader_results
 

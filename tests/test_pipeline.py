@@ -17,7 +17,7 @@ from bilayer_mobile.export.graphs import BakedFrameGraph, FrameGraph, IdentityGr
 from bilayer_mobile.export.onnx_export import OnnxTarget
 from bilayer_mobile.export.targets import TARGETS
 from bilayer_mobile.pipeline import ValidationFailed, export_bundle
-from bilayer_mobile.reference.files import sha256_file
+from bilayer_mobile.reference.files import sha256_file, sha256_tree
 from bilayer_mobile.runtime_bench.runners import make_runner
 from bilayer_mobile.runtime_bench.validate import BundleError, validate_bundle
 
@@ -41,9 +41,22 @@ def small_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(small_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "small"
-    export_bundle(small_model, ExportConfig(out=out, precisions=("fp32", "fp16"), golden_identities=1,
-                                            golden_frames=2, calibration_identities=2, calibration_frames=2),
+    export_bundle(small_model, ExportConfig(out=out, targets=("onnx", "tflite"), precisions=("fp32", "fp16"),
+                                            golden_identities=1, golden_frames=2, calibration_identities=2,
+                                            calibration_frames=2),
                   "small default model", console=io.StringIO())
+    return out
+
+
+@pytest.fixture(scope="module")
+def mobile_bundle(small_model, tmp_path_factory) -> Path:
+    """The frame graphs through the other three targets: Core ML (fp32, fp16), ExecuTorch (fp32;
+    its int8 is tests/export/test_executorch.py's) and the NNAPI profile (baked frame, fp32)."""
+    out = tmp_path_factory.mktemp("bundles") / "mobile"
+    export_bundle(small_model, ExportConfig(out=out, targets=("coreml", "executorch", "nnapi"),
+                                            precisions=("fp32", "fp16"), graphs=("frame", "baked_frame"),
+                                            golden_identities=1, golden_frames=2),
+                  "small default model", console=io.StringIO(), gpu="off")
     return out
 
 
@@ -402,3 +415,65 @@ def test_bench_times_every_frame_artifact_side_by_side(bundle, tmp_path, capsys)
     assert all(len(t["runs_ms"]) == 2 and t["p50_ms"] > 0 for t in report["timings"])
     assert (out / "benchmark.png").is_file() and "| frame | fp32 |" in capsys.readouterr().out
     assert "XNNPACK" in (out / "bench.log").read_text()  # the runtimes' own banners, kept off the console
+
+
+# ------------------------------------------------------------------ Core ML, ExecuTorch, NNAPI
+def test_every_target_is_in_the_bundle_with_what_checked_it(mobile_bundle):
+    manifest = json.loads((mobile_bundle / "manifest.json").read_text())
+    names = {(a["graph"], a["target"], a["precision"]) for a in manifest["artifacts"]}
+    assert names == {("frame", "coreml", "fp32"), ("frame", "coreml", "fp16"), ("baked_frame", "coreml", "fp32"),
+                     ("baked_frame", "coreml", "fp16"), ("frame", "executorch", "fp32"),
+                     ("baked_frame", "executorch", "fp32"), ("baked_frame", "nnapi", "fp32")}
+    assert manifest["rejected"] == []
+    # what a target does not export is said, with the reason
+    assert "executorch fp16" in manifest["not_exported"] and "nnapi fp16" in manifest["not_exported"]
+    assert manifest["targets"]["nnapi"]["graphs"] == ["baked_frame"]
+    for artifact in manifest["artifacts"]:  # a package is a directory: hashed and sized as a tree
+        path = mobile_bundle / artifact["file"]
+        assert path.is_dir() == (artifact["target"] == "coreml"), artifact["file"]
+        assert sha256_tree(path) == artifact["sha256"]
+    figures = manifest["validation"]["figures"]
+    report = json.loads((mobile_bundle / "reports" / "parity.json").read_text())
+    runtimes = {r["name"]: r["runtime"] for r in report["artifacts"]}
+    # Core ML cannot predict here: its MIL program is evaluated on the host, and labelled so
+    assert {runtimes[a["name"]] for a in manifest["artifacts"] if a["target"] == "coreml"} == {"coreml_mil_host"}
+    assert {runtimes[a["name"]] for a in manifest["artifacts"] if a["target"] == "executorch"} == {"executorch"}
+    assert set(figures) == {a["name"] for a in manifest["artifacts"]} and all(f["passed"] for f in figures.values())
+    parity = (mobile_bundle / "reports" / "parity.md").read_text()
+    assert "MIL program evaluated on host; Core ML runtime not run" in parity
+    assert "What was checked where" in parity and "ExecuTorch runtime" in parity
+
+
+def test_the_nnapi_profile_is_whole_by_the_rule_table(mobile_bundle):
+    report = json.loads((mobile_bundle / "reports" / "parity.json").read_text())
+    (result,) = [r for r in report["artifacts"] if r["target"] == "nnapi"]
+    assert result["passed"] and result["nnapi"]["whole"] and result["nnapi"]["delegable_percent"] == 100.0
+    # no per-identity BATCH_MATMUL and no int32 RESHAPE: Android 11, not 13 like the TFLite frame graphs
+    assert result["nnapi"]["min_feature_level"] == 4 and result["nnapi"]["partitions"] == 1
+    coverage = json.loads((mobile_bundle / "reports" / "coverage.json").read_text())
+    (entry,) = coverage["artifacts"]
+    assert entry["artifact"] == "baked_frame_fp32_nnapi" and entry["gpu"] is None and "NNAPI" in entry["not_run"]
+
+
+def test_coverage_reports_executorch_delegation_and_core_ml_placement(mobile_bundle):
+    coverage = json.loads((mobile_bundle / "reports" / "coverage.json").read_text())
+    programs = {p["artifact"]: p for p in coverage["executorch"]}
+    assert set(programs) == {"frame_fp32_executorch", "baked_frame_fp32_executorch"}
+    for p in programs.values():
+        assert p["partitions"] >= 1 and p["delegated_nodes"] > p["portable_nodes"] > 0
+        assert p["ops"]["aten_convolution_default"]["portable"] == 0, "XNNPACK takes every convolution"
+        # what XNNPACK 1.5.1 leaves to the portable kernels: the warp and the nearest upsampling
+        assert "aten_grid_sampler_2d_default" in p["portable_ops"], p
+        assert any("upsample_nearest2d" in op for op in p["portable_ops"]), p
+    packages = {p["artifact"]: p for p in coverage["coreml"]}
+    assert packages["frame_fp32_coreml"]["compute_units_eligible"] == "GPU, CPU"
+    assert "Neural Engine" in packages["frame_fp16_coreml"]["compute_units_eligible"]
+    for p in packages.values():
+        (resample,) = p["resample"]  # the reference's convention: bilinear, zero padding, align_corners False
+        assert {k: v for k, v in resample.items() if k != "name"} == {
+            "sampling_mode": "bilinear", "padding_mode": "constant", "padding_value": 0.0,
+            "coordinates_mode": "normalized_minus_one_to_one", "align_corners": False}, p
+        assert p["ane_notes"] and all(n["source"] for n in p["ane_notes"].values())
+    text = (mobile_bundle / "reports" / "coverage.md").read_text()
+    assert "ExecuTorch programs" in text and "Core ML packages" in text
+
