@@ -372,38 +372,22 @@ def _binary(fn):
     return run
 
 
-KERNELS["add"] = _binary(np.add)
-KERNELS["sub"] = _binary(np.subtract)
-KERNELS["mul"] = _binary(np.multiply)
-KERNELS["real_div"] = _binary(np.divide)
-KERNELS["maximum"] = _binary(np.maximum)
-KERNELS["minimum"] = _binary(np.minimum)
-KERNELS["pow"] = _binary(np.power)
-KERNELS["floor_div"] = _binary(lambda a, b: np.floor_divide(a, b))
-KERNELS["greater"] = _binary(np.greater)
-KERNELS["greater_equal"] = _binary(np.greater_equal)
-KERNELS["less"] = _binary(np.less)
-KERNELS["less_equal"] = _binary(np.less_equal)
-KERNELS["equal"] = _binary(np.equal)
-KERNELS["not_equal"] = _binary(np.not_equal)
-KERNELS["logical_and"] = _binary(np.logical_and)
-KERNELS["logical_or"] = _binary(np.logical_or)
+# elementwise MIL ops of two operands -> their numpy function
+KERNELS.update({name: _binary(fn) for name, fn in {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.divide, "maximum": np.maximum,
+    "minimum": np.minimum, "pow": np.power, "floor_div": np.floor_divide, "greater": np.greater,
+    "greater_equal": np.greater_equal, "less": np.less, "less_equal": np.less_equal, "equal": np.equal,
+    "not_equal": np.not_equal, "logical_and": np.logical_and, "logical_or": np.logical_or}.items()})
 
 
 def _unary(fn):
     return lambda op, args: fn(_f(_one(args, "x")))
 
 
-KERNELS["relu"] = _unary(lambda x: np.maximum(x, 0))
-KERNELS["tanh"] = _unary(np.tanh)
-KERNELS["sigmoid"] = _unary(lambda x: 1.0 / (1.0 + np.exp(-x)))
-KERNELS["floor"] = _unary(np.floor)
-KERNELS["ceil"] = _unary(np.ceil)
-KERNELS["abs"] = _unary(np.abs)
-KERNELS["sqrt"] = _unary(np.sqrt)
+KERNELS.update({name: _unary(fn) for name, fn in {
+    "relu": lambda x: np.maximum(x, 0), "tanh": np.tanh, "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "floor": np.floor, "ceil": np.ceil, "abs": np.abs, "sqrt": np.sqrt, "exp": np.exp, "sign": np.sign}.items()})
 KERNELS["rsqrt"] = lambda op, args: 1.0 / np.sqrt(_f(_one(args, "x")) + np.float32(_scalar(args, "epsilon", 1e-12)))
-KERNELS["exp"] = _unary(np.exp)
-KERNELS["sign"] = _unary(np.sign)
 KERNELS["identity"] = lambda op, args: np.asarray(_one(args, "x"))
 KERNELS["logical_not"] = lambda op, args: np.logical_not(_one(args, "x"))
 
