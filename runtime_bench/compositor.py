@@ -5,8 +5,9 @@ texture [1, 3, Ht, Wt], the sampling grid uv [1, H, W, 2] and the low-frequency 
 [1, 3, H, W] (the mask passes through untouched). The app's GPU finishes the frame with one
 fullscreen pass, the compositing shader (export/shaders/composite.frag for GLSL ES 3.00,
 composite.wgsl for WebGPU): image = lowfreq + grid_sample(texture, uv), bilinear, zero padding,
-align_corners=False. This module runs those shaders here (OpenGL through EGL with moderngl,
-WebGPU with wgpu-native), and `composite_numpy` is the exact result they are measured against.
+align_corners=False. `GpuCompositor` runs those shaders here (OpenGL through EGL with moderngl,
+WebGPU with wgpu-native, both in a worker process of their own), and `composite_numpy` is the
+exact result they are measured against.
 
 Conventions. uv holds (x, y) in [-1, 1], -1 and +1 being the outer edges of the first and last
 texel: the sample point of output pixel (i, j) is x = ((uv[i, j, 0] + 1) * Wt - 1) / 2 texels
@@ -134,7 +135,7 @@ def _image(rgba: bytes | memoryview, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(texels[..., :3], -1, 0)[None])
 
 
-# --- OpenGL (GLSL ES 3.00 through a desktop context) ---
+# --- in the worker process: OpenGL (GLSL ES 3.00 through a desktop context) ---
 
 @functools.cache
 def _gl_context():
@@ -169,15 +170,8 @@ def _gl_source(shader_source: str, mode: str) -> str:
     return shader_source[:version.end()] + GLSL_HARDWARE_DEFINE + "\n" + shader_source[version.end():]
 
 
-def composite_glsl(shader_source: str, lowfreq, texture, uv, mode: str) -> np.ndarray:
-    """Run a GLSL ES 3.00 compositing fragment shader (export/shaders/composite.frag) once in an
-    offscreen OpenGL context (EGL): the inputs uploaded as RGBA32F / RG32F textures, one triangle
-    drawn into an RGBA32F target, the result read back as a float32 [1, 3, H, W] array. `mode`
-    "manual" compiles the shader as it is; "hardware" adds the hardware-filtering #define and
-    gives the texture a LINEAR, clamp-to-edge sampler (RGBA32F: desktop GL filters it). Raises
-    `CompositorUnavailable` when there is no usable OpenGL context."""
-    lowfreq, texture, uv = _checked(lowfreq, texture, uv)
-    _check_mode(mode)
+def _composite_glsl(shader_source: str, lowfreq, texture, uv, mode: str) -> np.ndarray:
+    """GpuCompositor.composite("glsl", ...) in the worker."""
     context = _gl_context()
     # Other GL users in the process leave their own context current (wgpu-native's adapter
     # request unbinds ours): make this one current for the pass and restore theirs after.
@@ -223,10 +217,10 @@ def _gl_draw(context, created: list, fragment_shader: str, lowfreq, texture, uv,
     return _image(framebuffer.read(components=4, dtype="f4"), height, width)
 
 
-# --- WebGPU (WGSL through wgpu-native) ---
+# --- in the worker process: WebGPU (WGSL through wgpu-native) ---
 
 @functools.cache
-def _wgpu_device():
+def _wgpu_device(float32_filterable: bool):
     try:
         import wgpu
     except ImportError as error:
@@ -243,7 +237,7 @@ def _wgpu_device():
     if adapter.info["backend_type"] == "OpenGL":
         raise CompositorUnavailable(f"wgpu-native found only its OpenGL fallback ({adapter.info['device']}), "
                                     f"not a WebGPU adapter: {_VULKAN_ADVICE}")
-    features = ["float32-filterable"] if "float32-filterable" in adapter.features else []
+    features = ["float32-filterable"] if float32_filterable and "float32-filterable" in adapter.features else []
     try:
         device = adapter.request_device_sync(required_features=features)
     except Exception as error:
@@ -256,17 +250,9 @@ def _wgsl_hardware_format(device) -> str:
     return "rgba32float" if "float32-filterable" in device.features else "rgba16float"
 
 
-def composite_wgsl(shader_source: str, lowfreq, texture, uv, mode: str) -> np.ndarray:
-    """Run a WGSL compositing shader (export/shaders/composite.wgsl: vs_fullscreen and
-    fs_manual / fs_hardware) once offscreen with wgpu: the inputs written to rgba32float /
-    rg32float textures, one triangle drawn into an rgba32float target, the result read back as a
-    float32 [1, 3, H, W] array. `mode` picks the fragment entry point fs_<mode>; "hardware" binds
-    a linear clamp-to-edge sampler and samples an rgba32float texture when the device has
-    "float32-filterable", an rgba16float one otherwise. Raises `CompositorUnavailable` when there
-    is no WebGPU adapter."""
-    lowfreq, texture, uv = _checked(lowfreq, texture, uv)
-    _check_mode(mode)
-    _, device = _wgpu_device()
+def _composite_wgsl(shader_source: str, lowfreq, texture, uv, mode: str, float32_filterable: bool) -> np.ndarray:
+    """GpuCompositor.composite("wgsl", ...) in the worker."""
+    _, device = _wgpu_device(float32_filterable)
     import wgpu
 
     height, width = uv.shape[1:3]
@@ -323,33 +309,89 @@ def composite_wgsl(shader_source: str, lowfreq, texture, uv, mode: str) -> np.nd
     return _image(rgba, height, width)
 
 
-# --- for reports ---
+class _WorkerSide:
+    """What the worker process holds: the GL context and the WebGPU device, made when first used."""
+
+    def __init__(self, float32_filterable: bool):
+        self.float32_filterable = float32_filterable
+
+    def composite(self, kind: str, shader_source: str, lowfreq, texture, uv, mode: str) -> np.ndarray:
+        if kind == "glsl":
+            return _composite_glsl(shader_source, lowfreq, texture, uv, mode)
+        return _composite_wgsl(shader_source, lowfreq, texture, uv, mode, self.float32_filterable)
+
+    def renderer_description(self, kind: str) -> str:
+        if kind == "glsl":
+            context = _gl_context()
+            with context:
+                info = context.info
+            return f"{info['GL_RENDERER']}, OpenGL {info['GL_VERSION']}"
+        info = _wgpu_device(self.float32_filterable)[0].info
+        return f"{info['device']}, {info['backend_type']}, {info['description']}"
+
+    def hardware_texture_format(self, kind: str) -> str:
+        if kind == "glsl":
+            _gl_context()
+            return "RGBA32F"  # desktop OpenGL (3.0 and later) filters every float format
+        return _wgsl_hardware_format(_wgpu_device(self.float32_filterable)[1])
+
+
+# --- in this process ---
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown shader kind {kind!r}; the kinds are {', '.join(KINDS)}")
 
 
-def renderer_description(kind: str) -> str:
-    """The device a compositor of `kind` ("glsl" or "wgsl") runs on, for reports: GL_RENDERER and
-    GL_VERSION of the EGL context, or the WebGPU adapter's device, backend and driver. Raises
-    `CompositorUnavailable` like the runner itself."""
-    _check_kind(kind)
-    if kind == "glsl":
-        context = _gl_context()
-        with context:
-            info = context.info
-        return f"{info['GL_RENDERER']}, OpenGL {info['GL_VERSION']}"
-    info = _wgpu_device()[0].info
-    return f"{info['device']}, {info['backend_type']}, {info['description']}"
+class GpuCompositor:
+    """The compositing shaders run on this machine's GPU, in a process of their own.
 
+    with GpuCompositor() as gpu:
+        image = gpu.composite("glsl", Path("composite.frag").read_text(), lowfreq, texture, uv, "manual")
+        gpu.renderer_description("glsl")  # 'llvmpipe (LLVM 19.1.7, 256 bits), OpenGL 4.5 (Core Profile) Mesa 25.0.7'
 
-def hardware_texture_format(kind: str) -> str:
-    """The texture format the hardware mode of a compositor of `kind` samples: the 32-bit float
-    format where the device filters it, else the 16-bit one (GL names for "glsl", WebGPU names for
-    "wgsl")."""
-    _check_kind(kind)
-    if kind == "glsl":
-        _gl_context()
-        return "RGBA32F"  # desktop OpenGL (3.0 and later) filters every float format
-    return _wgsl_hardware_format(_wgpu_device()[1])
+    `composite(kind, ...)` runs a GLSL ES 3.00 shader (export/shaders/composite.frag, kind "glsl")
+    once in an offscreen OpenGL context through EGL, or a WGSL one (composite.wgsl: vs_fullscreen
+    and fs_manual / fs_hardware, kind "wgsl") with wgpu-native: the inputs uploaded as 32-bit
+    float textures, one triangle drawn into an rgba32float target, the result read back as a
+    float32 [1, 3, H, W] array. `mode` "manual" runs the shader's own bilinear blend; "hardware"
+    binds a linear clamp-to-edge sampler (GLSL: the hardware-filtering #define; WGSL: fs_hardware
+    on an rgba32float texture when the device filters it, else an rgba16float copy).
+    `float32_filterable=False` asks WebGPU for a device without that feature, as most phones and
+    browsers have. The drivers run in an `OwnProcess` worker (they crash a process that has loaded
+    coremltools). Raises `CompositorUnavailable` when there is no OpenGL context or WebGPU adapter.
+    """
+
+    def __init__(self, float32_filterable: bool = True):
+        from .own_process import OwnProcess
+
+        self._worker = OwnProcess(_WorkerSide, float32_filterable, label="GPU compositor")
+
+    def composite(self, kind: str, shader_source: str, lowfreq, texture, uv, mode: str) -> np.ndarray:
+        """lowfreq + warp(texture, uv) by the shader `shader_source` of `kind` in `mode`."""
+        _check_kind(kind)
+        lowfreq, texture, uv = _checked(lowfreq, texture, uv)
+        _check_mode(mode)
+        return self._worker.call("composite", kind, shader_source, lowfreq, texture, uv, mode)
+
+    def renderer_description(self, kind: str) -> str:
+        """The device a compositor of `kind` runs on, for reports: GL_RENDERER and GL_VERSION of
+        the EGL context, or the WebGPU adapter's device, backend and driver."""
+        _check_kind(kind)
+        return self._worker.call("renderer_description", kind)
+
+    def hardware_texture_format(self, kind: str) -> str:
+        """The texture format the hardware mode samples: the 32-bit float format where the device
+        filters it, else the 16-bit one (GL names for "glsl", WebGPU names for "wgsl")."""
+        _check_kind(kind)
+        return self._worker.call("hardware_texture_format", kind)
+
+    def close(self) -> None:
+        """Stop the worker process."""
+        self._worker.close()
+
+    def __enter__(self) -> "GpuCompositor":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

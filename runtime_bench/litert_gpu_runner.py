@@ -22,6 +22,7 @@ import numpy as np
 
 from .litert_runner import tensor_info
 from .native_output import native_output_captured
+from .own_process import OwnProcess
 from .runner import Runner, RuntimeUnavailable
 
 VULKAN_ADVICE = ("the LiteRT GPU accelerator needs a Vulkan device; on a machine without a GPU install Mesa's "
@@ -135,6 +136,10 @@ class _CompiledGpuModel:
         self.inputs = [tensor_info(n, inputs[n]) for n in names["inputs"]]
         self.outputs = [tensor_info(n, outputs[n]) for n in names["outputs"]]
 
+    def description(self) -> tuple:
+        """What the parent keeps: the compile log, the verdict, the signature and its tensors."""
+        return self.log_text, self.verdict, self.signature, self.inputs, self.outputs
+
     def infer(self, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = self._model.create_input_buffers(self._index)
         outputs = self._model.create_output_buffers(self._index)
@@ -145,21 +150,6 @@ class _CompiledGpuModel:
                 for info, buffer in zip(self.outputs, outputs)}
 
 
-def _serve(connection, path: str, enforce_f32: bool) -> None:
-    """The worker: compile the model, describe it, then answer feeds until told to stop (None)."""
-    try:
-        model = _CompiledGpuModel(Path(path), enforce_f32)
-        connection.send(("ok", (model.log_text, model.verdict, model.signature, model.inputs, model.outputs)))
-    except BaseException as exc:  # noqa: BLE001  (sent to the parent, which raises it)
-        connection.send(("error", isinstance(exc, GpuUnavailable), f"{type(exc).__name__}: {exc}"))
-        return
-    while (feed := connection.recv()) is not None:
-        try:
-            connection.send(("ok", model.infer(feed)))
-        except Exception as exc:  # noqa: BLE001
-            connection.send(("error", False, f"{type(exc).__name__}: {exc}"))
-
-
 class LiteRtGpuRunner(Runner):
     """A .tflite model compiled for LiteRT's GPU accelerator (CPU for the ops it rejects).
 
@@ -167,11 +157,10 @@ class LiteRtGpuRunner(Runner):
     runner.verdict.summary()  # 'fully accelerated (268 ops on the GPU, fp16)'
     out = runner.infer({"keypoints": kp, "texture": tex, "adaptive_params": p})
 
-    The accelerator runs in a worker process of its own (started fresh, `spawn`): in a process
-    that has loaded coremltools 9.0 (the Core ML export and its host check) LiteRT 2.3's GPU
-    accelerator crashes the interpreter with a segmentation fault while it runs a model. As with
-    any `spawn` worker, a script that makes this runner needs the `if __name__ == "__main__":`
-    guard (the command-line tool and pytest have it).
+    The accelerator runs in a worker process of its own (`OwnProcess`): in a process that has
+    loaded coremltools 9.0, LiteRT 2.3's GPU accelerator crashes with a segmentation fault. A
+    crash of the worker raises `WorkerDied`; a script that makes this runner needs the
+    `if __name__ == "__main__":` guard.
     """
 
     runtime = "litert_gpu"
@@ -179,46 +168,21 @@ class LiteRtGpuRunner(Runner):
               "verdicts and fp16 numerics, not phone timings")
 
     def __init__(self, path: Path | str, enforce_f32: bool = False):
-        import multiprocessing
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} does not exist; export the model first")
-        context = multiprocessing.get_context("spawn")
-        self._connection, child = context.Pipe()
-        self._worker = context.Process(target=_serve, args=(child, str(self.path), enforce_f32), daemon=True)
-        self._worker.start()
-        child.close()
-        log_text, self.verdict, self.signature, self.inputs, self.outputs = self._answer()
+        self._model = OwnProcess(_CompiledGpuModel, self.path, enforce_f32,
+                                 label=f"LiteRT GPU accelerator ({self.path.name})")
+        log_text, self.verdict, self.signature, self.inputs, self.outputs = self._model.call("description")
         logging.getLogger(__name__).info(log_text)
 
-    def _answer(self):
-        try:
-            reply = self._connection.recv()
-        except EOFError:
-            self._worker.join(5)
-            raise RuntimeError(f"LiteRT's GPU accelerator process died (exit code {self._worker.exitcode}) "
-                               f"running {self.path.name}") from None
-        if reply[0] == "error":
-            _, unavailable, message = reply
-            raise (GpuUnavailable if unavailable else RuntimeError)(message)
-        return reply[1]
-
     def _infer(self, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self._connection.send(prepared)
-        return self._answer()
+        return self._model.call("infer", prepared)
 
     def close(self) -> None:
         """Stop the worker (also done when the runner is garbage-collected)."""
-        if getattr(self, "_worker", None) is not None and self._worker.is_alive():
-            try:
-                self._connection.send(None)
-            except OSError:
-                pass
-            self._worker.join(10)
-            if self._worker.is_alive():
-                self._worker.kill()
-        self._worker = None
+        if getattr(self, "_model", None) is not None:
+            self._model.close()
 
     def __del__(self):
         self.close()

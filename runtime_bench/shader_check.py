@@ -27,36 +27,37 @@ SHADER_SAMPLE = 0  # lavapipe and llvmpipe are slow; one golden frame is enough 
 def shader_results(bundle: Path, manifest: dict, image_size: int, required: bool) -> tuple[list[ArtifactResult], list[str]]:
     """One result per (shipped shader, sampling mode), and a line for each that could not run
     here (no GPU driver); with `required`, a missing driver raises instead."""
-    from .compositor import composite_glsl, composite_wgsl, renderer_description
+    from .compositor import GpuCompositor
 
     golden = Path(bundle) / "golden" / "split_frame.npz"
     if not golden.is_file():
         return [], []
     with np.load(golden, allow_pickle=False) as data:
         sample = {k: data[k][SHADER_SAMPLE] for k in ("uv", "lowfreq", "texture", "image")}
-    runners = {"frag": ("glsl", composite_glsl), "wgsl": ("wgsl", composite_wgsl)}
+    kinds = {"frag": "glsl", "wgsl": "wgsl"}
     results, not_run = [], []
-    for rel in sorted(manifest["shaders"]):
-        suffix = rel.rsplit(".", 1)[-1]
-        if suffix not in runners:
-            continue
-        kind, run = runners[suffix]
-        source = (Path(bundle) / rel).read_text()
-        for (shader_suffix, mode), precision in SHADER_MODES.items():
-            if shader_suffix != suffix:
+    with GpuCompositor() as gpu:
+        for rel in sorted(manifest["shaders"]):
+            suffix = rel.rsplit(".", 1)[-1]
+            if suffix not in kinds:
                 continue
-            try:
-                image = run(source, sample["lowfreq"], sample["texture"], sample["uv"], mode)
-                device = renderer_description(kind)
-            except RuntimeUnavailable as exc:
-                if required:
-                    raise
-                not_run.append(f"{rel} ({mode}): {exc}")
-                continue
-            comparison = compare_output("image", sample["image"], image, image_size, "image")
-            result = ArtifactResult(f"{rel} ({mode} sampling)", kind, precision, "split_frame",
-                                    THRESHOLDS_DB[precision], False, {"image": comparison}, ("image",),
-                                    runtime=device, samples=1)
-            result.passed = bool(comparison.psnr_db >= result.threshold_db)
-            results.append(result)
+            kind = kinds[suffix]
+            source = (Path(bundle) / rel).read_text()
+            for (shader_suffix, mode), precision in SHADER_MODES.items():
+                if shader_suffix != suffix:
+                    continue
+                try:
+                    image = gpu.composite(kind, source, sample["lowfreq"], sample["texture"], sample["uv"], mode)
+                    device = gpu.renderer_description(kind)
+                except RuntimeUnavailable as exc:
+                    if required:
+                        raise
+                    not_run.append(f"{rel} ({mode}): {exc}")
+                    continue
+                comparison = compare_output("image", sample["image"], image, image_size, "image")
+                result = ArtifactResult(f"{rel} ({mode} sampling)", kind, precision, "split_frame",
+                                        THRESHOLDS_DB[precision], False, {"image": comparison}, ("image",),
+                                        runtime=device, samples=1)
+                result.passed = bool(comparison.psnr_db >= result.threshold_db)
+                results.append(result)
     return results, not_run

@@ -326,14 +326,9 @@ def validate_bundle(bundle: Path | str, progress=None, include_rejected: bool = 
             progress(step, f"{result.name}: {verdict_line(result)} "
                            f"(validated in {time.perf_counter() - started:.1f} s)", target=artifact["target"])
     if manifest.get("shaders") and runtimes is None and gpu != "off":
-        import multiprocessing
-
         from .shader_check import shader_results
 
-        # in a fresh process of its own, like the GPU accelerator (litert_gpu_runner): with
-        # coremltools 9.0 loaded in this process the Vulkan and EGL drivers crash it
-        with multiprocessing.get_context("spawn").Pool(1) as worker:
-            shader_runs, unavailable = worker.apply(shader_results, (bundle, manifest, image_size, gpu == "require"))
+        shader_runs, unavailable = shader_results(bundle, manifest, image_size, gpu == "require")
         results += shader_runs
         not_run += unavailable
         for r in shader_runs:

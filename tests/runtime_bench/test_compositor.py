@@ -19,21 +19,25 @@ from PIL import Image
 from bilayer_mobile.reference.errors import BilayerError, InputError
 from bilayer_mobile.reference.face_samples import photo_path
 from bilayer_mobile.runtime_bench.compare import THRESHOLDS_DB, pixel_centre_grid, psnr_db, warp_px
-from bilayer_mobile.runtime_bench.compositor import (
-    CompositorUnavailable, composite_glsl, composite_numpy, composite_wgsl, renderer_description,
-)
+from bilayer_mobile.runtime_bench.compositor import CompositorUnavailable, GpuCompositor, composite_numpy
 
 SHADERS = Path(__file__).resolve().parents[2] / "export" / "shaders"
 SIZE = 256
 BAND = 24  # the right-most columns, whose samples move out past the border
-RUNNERS = {"glsl": (composite_glsl, "composite.frag"), "wgsl": (composite_wgsl, "composite.wgsl")}
+SHADER_FILES = {"glsl": "composite.frag", "wgsl": "composite.wgsl"}
 GATES = {"manual": THRESHOLDS_DB["fp32"], "hardware": THRESHOLDS_DB["fp16"]}
-COMBINATIONS = [(kind, mode) for kind in RUNNERS for mode in GATES]
+COMBINATIONS = [(kind, mode) for kind in SHADER_FILES for mode in GATES]
 
 
-def run(kind: str, mode: str, lowfreq, texture, uv) -> np.ndarray:
-    composite, shader = RUNNERS[kind]
-    return composite((SHADERS / shader).read_text(), lowfreq, texture, uv, mode)
+@pytest.fixture(scope="module")
+def gpu():
+    """One compositor (one worker process) for the module's GPU tests."""
+    with GpuCompositor() as compositor:
+        yield compositor
+
+
+def run(gpu: GpuCompositor, kind: str, mode: str, lowfreq, texture, uv) -> np.ndarray:
+    return gpu.composite(kind, (SHADERS / SHADER_FILES[kind]).read_text(), lowfreq, texture, uv, mode)
 
 
 def torch_image(lowfreq, texture, uv) -> np.ndarray:
@@ -98,16 +102,16 @@ def test_numpy_composite_takes_non_square_inputs_in_tensor_axis_order():
 
 
 @pytest.mark.parametrize("kind,mode", COMBINATIONS)
-def test_gpu_composite_passes_its_gate(frame, kind, mode):
-    image = run(kind, mode, frame["lowfreq"], frame["texture"], frame["uv"])
+def test_gpu_composite_passes_its_gate(gpu, frame, kind, mode):
+    image = run(gpu, kind, mode, frame["lowfreq"], frame["texture"], frame["uv"])
     assert image.shape == (1, 3, SIZE, SIZE) and image.dtype == np.float32
     psnr = psnr_db(frame["reference"], image)
-    assert psnr >= GATES[mode], f"{kind} {mode} on {renderer_description(kind)}: {psnr:.1f} dB"
+    assert psnr >= GATES[mode], f"{kind} {mode} on {gpu.renderer_description(kind)}: {psnr:.1f} dB"
 
 
 @pytest.mark.parametrize("kind,mode", COMBINATIONS)
-def test_gpu_composite_pads_with_zeros(frame, kind, mode):
-    image = run(kind, mode, frame["lowfreq"], frame["texture"], frame["uv"])
+def test_gpu_composite_pads_with_zeros(gpu, frame, kind, mode):
+    image = run(gpu, kind, mode, frame["lowfreq"], frame["texture"], frame["uv"])
     outside, edge = frame["outside"], frame["edge"]
     assert np.array_equal(image[0][:, outside], frame["lowfreq"][0][:, outside])
     # Within the half texel past the edge the last texel fades to zero: manual sampling to fp32
@@ -117,14 +121,14 @@ def test_gpu_composite_pads_with_zeros(frame, kind, mode):
 
 
 @pytest.mark.parametrize("kind,mode", COMBINATIONS)
-def test_gpu_composite_keeps_rows_and_columns(kind, mode):
+def test_gpu_composite_keeps_rows_and_columns(gpu, kind, mode):
     # Sizes that differ in every axis and points all over (and beyond) the texture: a flipped row
     # order or swapped axes cannot match.
     rng = np.random.default_rng(5)
     texture = rng.standard_normal((1, 3, 6, 9)).astype(np.float32)
     uv = rng.uniform(-1.3, 1.3, (1, 5, 7, 2)).astype(np.float32)
     lowfreq = rng.standard_normal((1, 3, 5, 7)).astype(np.float32)
-    image = run(kind, mode, lowfreq, texture, uv)
+    image = run(gpu, kind, mode, lowfreq, texture, uv)
     assert np.abs(image - torch_image(lowfreq, texture, uv)).max() < 1e-5
 
 
@@ -136,21 +140,18 @@ def test_phone_sampler_precision_passes_the_fp16_gate(frame):
     assert GATES["hardware"] <= psnr_db(frame["reference"], predicted) < psnr_db(frame["reference"], exact) - 20
 
 
-def test_error_types():
+def test_error_types(gpu):
     assert issubclass(CompositorUnavailable, BilayerError)
     with pytest.raises(ValueError, match="sampling mode"):
-        run("glsl", "nearest", np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 3, 2, 2), np.float32),
+        run(gpu, "glsl", "nearest", np.zeros((1, 3, 2, 2), np.float32), np.zeros((1, 3, 2, 2), np.float32),
             np.zeros((1, 2, 2, 2), np.float32))
 
 
-def test_wgsl_hardware_mode_samples_half_floats_without_float32_filterable(frame, monkeypatch):
+def test_wgsl_hardware_mode_samples_half_floats_without_float32_filterable(frame):
     """A device without "float32-filterable" (most phones and browsers) gets an rgba16float copy."""
-    from bilayer_mobile.runtime_bench import compositor
-
-    adapter, _ = compositor._wgpu_device()
-    monkeypatch.setattr(compositor, "_wgpu_device", lambda: (adapter, adapter.request_device_sync()))
-    assert compositor.hardware_texture_format("wgsl") == "rgba16float"
-    image = run("wgsl", "hardware", frame["lowfreq"], frame["texture"], frame["uv"])
+    with GpuCompositor(float32_filterable=False) as phone_like:
+        assert phone_like.hardware_texture_format("wgsl") == "rgba16float"
+        image = run(phone_like, "wgsl", "hardware", frame["lowfreq"], frame["texture"], frame["uv"])
     half = composite_numpy(frame["lowfreq"], frame["texture"].astype(np.float16), frame["uv"])
     assert np.abs(image - half).max() < 1e-5  # the texels are rounded to fp16, nothing else
     assert psnr_db(frame["reference"], image) >= GATES["hardware"]
