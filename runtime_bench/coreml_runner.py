@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .mil_program import MilProgram
-from .runner import Runner, RuntimeUnavailable, TensorInfo
+from .runner import ModelFileError, Runner, RuntimeUnavailable, TensorInfo
 
 
 def _package_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -36,10 +36,12 @@ def _package_io(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
     return [info(t) for t in spec.description.input], [info(t) for t in spec.description.output]
 
 
-def _check_package(path: Path) -> Path:
-    path = Path(path)
+def _check_package(runner: type[Runner], path: Path | str) -> Path:
+    """`path` is a saved .mlpackage: a directory of that suffix holding the model description."""
+    path = runner.model_file(path)
     if not (path / "Data" / "com.apple.CoreML" / "model.mlmodel").is_file():
-        raise FileNotFoundError(f"{path} is not a saved .mlpackage; export the graph first")
+        raise ModelFileError(f"{path} is not a saved .mlpackage (no Data/com.apple.CoreML/model.mlmodel); "
+                             "re-export the graph")
     return path
 
 
@@ -47,10 +49,11 @@ class MilProgramRunner(Runner):
     """A .mlpackage's MIL program evaluated on the host with numpy kernels."""
 
     runtime = "coreml_mil_host"
+    file_suffix = ".mlpackage"
     checks = "MIL program evaluated on host; Core ML runtime not run"
 
     def __init__(self, path: Path | str):
-        self.path = _check_package(path)
+        self.path = _check_package(type(self), path)
         self.inputs, self.outputs = _package_io(self.path)
         self.program = MilProgram.load(self.path)
 
@@ -63,6 +66,7 @@ class CoreMlRunner(Runner):
     """A .mlpackage in Core ML (`MLModel.predict`): macOS only."""
 
     runtime = "coreml"
+    file_suffix = ".mlpackage"
     checks = "Core ML runtime prediction (compute units: all)"
 
     def __init__(self, path: Path | str, compute_units: str = "ALL"):
@@ -72,7 +76,7 @@ class CoreMlRunner(Runner):
                 f"evaluated on the host instead (MilProgramRunner, runtime {MilProgramRunner.runtime!r})")
         import coremltools as ct
 
-        self.path = _check_package(path)
+        self.path = _check_package(type(self), path)
         self.inputs, self.outputs = _package_io(self.path)
         self.model = ct.models.MLModel(str(self.path), compute_units=getattr(ct.ComputeUnit, compute_units))
 

@@ -41,14 +41,13 @@ class ExecutorchRunner(Runner):
     """
 
     runtime = "executorch"
+    file_suffix = ".pte"
     checks = "ExecuTorch runtime (XNNPACK delegate, portable kernels for the rest) on this machine's CPU"
 
     def __init__(self, path: Path | str):
         import torch
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path} does not exist; export the program first")
+        self.path = self.model_file(path)
         self._torch = torch
         with native_output_captured():  # the runtime's cpuinfo notices
             from executorch.runtime import Runtime

@@ -164,13 +164,12 @@ class LiteRtGpuRunner(Runner):
     """
 
     runtime = "litert_gpu"
+    file_suffix = ".tflite"
     checks = ("LiteRT GPU accelerator (CompiledModel, WebGPU over Vulkan, fp16) on this machine's Vulkan device: "
               "verdicts and fp16 numerics, not phone timings")
 
     def __init__(self, path: Path | str, enforce_f32: bool = False):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path} does not exist; export the model first")
+        self.path = self.model_file(path)
         self._model = OwnProcess(_CompiledGpuModel, self.path, enforce_f32,
                                  label=f"LiteRT GPU accelerator ({self.path.name})")
         log_text, self.verdict, self.signature, self.inputs, self.outputs = self._model.call("description")

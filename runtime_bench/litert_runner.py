@@ -38,15 +38,14 @@ class LiteRtRunner(Runner):
     """
 
     runtime = "litert"
+    file_suffix = ".tflite"
     checks = "LiteRT interpreter (XNNPACK delegate, builtin kernels for the rest) on this machine's CPU"
 
     def __init__(self, path: Path | str, signature: str | None = None, num_threads: int | None = None,
                  use_xnnpack: bool = True, xnnpack_latest_features: bool = False):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path} does not exist; export the model first")
+        self.path = self.model_file(path)
         resolver = OpResolverType.AUTO if use_xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads,
                                         experimental_op_resolver_type=resolver,

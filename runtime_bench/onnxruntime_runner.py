@@ -36,12 +36,11 @@ class OnnxRuntimeRunner(Runner):
     """One onnxruntime session on the CPU provider."""
 
     runtime = "onnxruntime"
+    file_suffix = ".onnx"
     checks = "onnxruntime, CPU execution provider, on this machine"
 
     def __init__(self, path: Path | str, intra_op_threads: int | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path} does not exist; export the graph first")
+        self.path = self.model_file(path)
         self.session = ort_session(self.path, intra_op_threads)
         self.inputs = [self._info(i) for i in self.session.get_inputs()]
         self.outputs = [self._info(o) for o in self.session.get_outputs()]

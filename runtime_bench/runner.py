@@ -30,6 +30,11 @@ class FeedError(InputError):
     """A feed does not match a model's inputs (names, shapes or dtypes)."""
 
 
+class ModelFileError(InputError):
+    """A model file is missing, or is not of the format its runtime reads (a bundle whose
+    manifest names the wrong runtime for a file, or a path given by hand)."""
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One model input or output as a runtime sees it.
@@ -89,9 +94,23 @@ class Runner(ABC):
 
     runtime: str  # the name bundles use for this runtime (`RUNNERS` in runtime_bench.runners)
     checks: str  # what a pass in this runner establishes, for the reports ("what was checked where")
+    file_suffix: str  # the model format this runtime reads, by its file name's ending
     path: Path
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
+
+    @classmethod
+    def model_file(cls, path: Path | str) -> Path:
+        """`path` checked before any runtime opens it: it exists and has the suffix of the format
+        this runtime reads (a file of another format would fail deep inside the runtime, or
+        be taken for something it is not)."""
+        path = Path(path)
+        if not path.exists():
+            raise ModelFileError(f"{path} does not exist; export the model first")
+        if path.suffix != cls.file_suffix:
+            raise ModelFileError(f"{path.name} is not a {cls.file_suffix} file, so {cls.runtime!r} cannot run it; "
+                                 f"check the runtime its manifest entry names (re-run `bilayer-mobile export`)")
+        return path
 
     @property
     def input_names(self) -> list[str]:

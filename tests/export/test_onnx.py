@@ -26,7 +26,7 @@ from bilayer_mobile.export.target import output_names
 from bilayer_mobile.reference.errors import InputError
 from bilayer_mobile.runtime_bench.compare import FIGURE_PSNR_CEILING_DB, THRESHOLDS_DB, UV_TOLERANCE
 from bilayer_mobile.runtime_bench.onnxruntime_runner import OnnxRuntimeRunner
-from bilayer_mobile.runtime_bench.runner import FeedError
+from bilayer_mobile.runtime_bench.runner import FeedError, ModelFileError
 
 
 @pytest.fixture(autouse=True)
@@ -315,7 +315,7 @@ def test_runner_reports_io_and_rejects_bad_feeds(tiny_frame, tmp_path):
     # a float64 feed of the right values is cast, not rejected
     np.testing.assert_array_equal(runner.infer(dict(feeds[0], keypoints=feeds[0]["keypoints"].astype(np.float64)))["image"],
                                   runner.infer(feeds[0])["image"])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelFileError, match="does not exist"):
         OnnxRuntimeRunner(tmp_path / "missing.onnx")
 
 

@@ -30,7 +30,7 @@ from bilayer_mobile.reference.face_samples import augmented_crops, load_face_pho
 from bilayer_mobile.reference.model import BilayerModel
 from bilayer_mobile.runtime_bench.compare import THRESHOLDS_DB, UV_TOLERANCE, warp_px
 from bilayer_mobile.runtime_bench.litert_runner import LiteRtRunner
-from bilayer_mobile.runtime_bench.runner import FeedError
+from bilayer_mobile.runtime_bench.runner import FeedError, ModelFileError
 
 
 # ------------------------------------------------------------------------------------ data
@@ -301,7 +301,7 @@ def test_runner_describes_and_checks_feeds(frame_exports, frame_data):
         runner.infer({**feed, "keypoints": np.zeros((2, 136), np.float32)})
     with pytest.raises(FeedError, match="complex64"):
         runner.infer({**feed, "keypoints": feed["keypoints"].astype(np.complex64)})
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ModelFileError, match="does not exist"):
         LiteRtRunner(results["fp32"].path.with_name("missing.tflite"))
 
 

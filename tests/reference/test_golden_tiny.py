@@ -72,41 +72,43 @@ def official_sigmas() -> dict[str, float]:
     return {key: float.fromhex(value) for key, value in json.loads(SIGMAS.read_text()).items()}
 
 
+def official_checkpoints(run: Path):
+    """(file name, state dict, spectral-norm prefixes) of each checkpoint of the official run;
+    a prefix `p` stands for the triple p_orig, p_u, p_v."""
+    for path in sorted((run / "checkpoints").glob("*.pth")):
+        state = torch.load(path, map_location="cpu")
+        yield path.name, state, [key[: -len("_orig")] for key in state if key.endswith(".weight_orig")]
+
+
 @pytest.fixture(scope="module")
 def model_f64(golden_run, official_sigmas, tmp_path_factory):
     """The golden run in plain form (spectral norm removed with the official sigmas), float64."""
     run = tmp_path_factory.mktemp("golden_tiny_plain")
     shutil.copy(golden_run / "args.txt", run / "args.txt")
     (run / "checkpoints").mkdir()
-    for path in sorted((golden_run / "checkpoints").glob("*.pth")):
-        state = torch.load(path, map_location="cpu")
-        plain = {}
-        for key, value in state.items():
-            if key.endswith(".weight_orig"):
-                prefix = key[: -len("_orig")]
-                plain[prefix] = value / torch.tensor(official_sigmas[f"{path.name}:{prefix}"], dtype=torch.float32)
-            elif not key.endswith((".weight_u", ".weight_v")):
-                plain[key] = value
-        torch.save(plain, run / "checkpoints" / path.name)
+    for name, state, prefixes in official_checkpoints(golden_run):
+        triples = {p + suffix for p in prefixes for suffix in ("_orig", "_u", "_v")}
+        plain = {key: value for key, value in state.items() if key not in triples}
+        for prefix in prefixes:
+            plain[prefix] = state[prefix + "_orig"] / torch.tensor(official_sigmas[f"{name}:{prefix}"], dtype=torch.float32)
+        torch.save(plain, run / "checkpoints" / name)
     with default_dtype(torch.float64):
         return load_official_checkpoint(run).double()
 
 
 def test_the_fold_computes_the_official_sigmas_to_an_ulp(golden_run, official_sigmas):
-    """The reference's own fold (u . W v, no power iteration) gives each official sigma up to
-    float32 round-off (a BLAS's summation order)."""
+    """The reference's own fold (u . W v, no power iteration) gives each weight as the official
+    sigma does, up to float32 round-off (a BLAS's summation order moves sigma by an ulp or so)."""
     from bilayer_mobile.reference.checkpoint import fold_spectral_norm
 
     checked = 0
-    for path in sorted((golden_run / "checkpoints").glob("*.pth")):
-        state = torch.load(path, map_location="cpu")
+    for name, state, prefixes in official_checkpoints(golden_run):
         folded = fold_spectral_norm(state)
-        for key, value in state.items():
-            if key.endswith(".weight_orig"):
-                prefix = key[: -len("_orig")]
-                sigma = float((value.double() / folded[prefix].double()).flatten()[value.flatten().abs().argmax()])
-                assert abs(sigma - official_sigmas[f"{path.name}:{prefix}"]) <= 4 * np.spacing(np.float32(sigma)), prefix
-                checked += 1
+        for prefix in prefixes:
+            official = state[prefix + "_orig"] / torch.tensor(official_sigmas[f"{name}:{prefix}"], dtype=torch.float32)
+            torch.testing.assert_close(folded[prefix], official, rtol=4 * float(np.finfo(np.float32).eps), atol=0,
+                                       msg=lambda m: f"{name}:{prefix}: {m}")
+            checked += 1
     assert checked == len(official_sigmas) == 231
 
 
