@@ -43,7 +43,7 @@ bundle: setup
 	@echo "== 1/3 model summary (builds the default model once; cached in ~/.cache/bilayer-mobile)"
 	$(BIN)/bilayer-mobile info
 	rm -rf $(OUT)/bundle
-	@echo "== 2/3 export and validate (5-9 minutes on 2 cores, GPU runs on lavapipe included; each step shows the time left)"
+	@echo "== 2/3 export and validate (about 16 minutes on 2 cores, 46 artifacts, GPU runs on lavapipe included; each step shows the time left)"
 	@status=0; $(BIN)/bilayer-mobile export --targets onnx,tflite,coreml,executorch,nnapi --precisions fp32,fp16,int8_dynamic,int8 \
 		--out $(OUT)/bundle || status=$$?; \
 	if [ $$status -ge 2 ]; then exit $$status; fi; \
