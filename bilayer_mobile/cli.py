@@ -270,6 +270,20 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_drive(args) -> int:
+    from bilayer_mobile.drive import DriveJob, print_summary, run_drive, side_by_side_path
+
+    job = DriveJob(args.source, tuple(args.driver), args.bundle, args.out, args.runtime, args.precision,
+                   args.identity_precision, args.fps, smooth=not args.no_smoothing)
+    for path in (job.out, side_by_side_path(job.out)):
+        if path.exists() and not args.force:
+            raise OutputExistsError(f"{path} exists; choose another --out or pass --force")
+    summary = run_drive(job, progress=_progress("driving"))
+    print_summary(summary)
+    print(f"wrote {summary['outputs'][0]} and {summary['outputs'][1]}")
+    return 0
+
+
 # ------------------------------------------------------------------------------ export / validate
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -453,6 +467,25 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--force", action="store_true", help="replace a non-empty output directory")
     _add_model_args(render, positional=False)
     render.set_defaults(func=cmd_render)
+    drive = sub.add_parser("drive", help="drive a bundle's avatar by a video: face mesh -> 68 landmarks -> filter -> frame graph",
+                           description="Detects and tracks the driver's face with MediaPipe's face detector and mesh, maps the "
+                                       "mesh to 68 landmarks, steadies them with the One Euro filter, and runs the bundle's "
+                                       "identity graph (once) and frame graph (every frame) in the named runtime. Writes the "
+                                       "driven video OUT and OUT's -side-by-side twin (driver crop with landmarks | avatar).")
+    drive.add_argument("--source", type=Path, required=True, help="source photo (the identity)")
+    drive.add_argument("--driver", type=Path, nargs="+", required=True,
+                       help="a driving video (.mp4, .mov, .webm, ...), image files, or a folder of images")
+    drive.add_argument("--bundle", type=Path, required=True, help="bundle directory written by `export`")
+    drive.add_argument("--out", type=Path, required=True, help="output video, .mp4 or .gif")
+    drive.add_argument("--runtime", choices=("litert", "onnxruntime", "executorch"), default="litert",
+                       help="runtime of the graphs (default litert)")
+    drive.add_argument("--precision", default="fp32", help="precision of the frame graph, by name (default fp32)")
+    drive.add_argument("--identity-precision", default="fp32", help="precision of the identity graph (default fp32)")
+    drive.add_argument("--fps", type=float, default=25.0, help="frame rate of an image sequence (default 25)")
+    drive.add_argument("--no-smoothing", action="store_true", help="do not filter the landmarks (for comparison)")
+    drive.add_argument("--force", action="store_true", help="replace existing output files")
+    drive.set_defaults(func=cmd_drive)
+
     export = sub.add_parser("export", help="export a model to a validated on-device bundle (ONNX, TFLite)",
                             description="Export the identity, frame and baked frame graphs to every target at every "
                                         "precision, run each artifact in its runtime, gate it on parity with the "

@@ -110,11 +110,9 @@ class FaceCrop:
     box: tuple[int, int, int, int]  # (left, top, right, bottom) in the original photo
 
 
-def crop_face(image: np.ndarray, landmarks: np.ndarray, image_size: int = 256) -> FaceCrop:
-    """Crop a photo around its 68 landmarks as the official `infer.py` does.
-
-    image: uint8 HxWx3 RGB of any size; landmarks: [68, 2] pixel (x, y) in that photo.
-    """
+def crop_box(landmarks: np.ndarray) -> tuple[int, int, int, int]:
+    """The official crop's box (left, top, right, bottom) in the photo for 68 landmarks: a square
+    of side 2*max(bbox w, h) around the bbox centre, the centre moved up by size//6."""
     landmarks = np.asarray(landmarks, dtype=np.float32)
     if landmarks.shape != (68, 2):
         raise InputError(f"landmarks have shape {landmarks.shape}, expected (68, 2)")
@@ -125,7 +123,24 @@ def crop_face(image: np.ndarray, landmarks: np.ndarray, image_size: int = 256) -
     if size < 2:
         raise InputError("landmarks span less than 2 pixels; not a face")
     center[1] -= size // 6
-    box = (int(center[0] - size), int(center[1] - size), int(center[0] + size), int(center[1] + size))
+    return (int(center[0] - size), int(center[1] - size), int(center[0] + size), int(center[1] + size))
+
+
+def keypoints_in_crop(landmarks: np.ndarray) -> torch.Tensor:
+    """A frame's keypoints [136] in its own official crop, as `crop_face` gives them (the driver
+    of `infer.py` is cropped by its own landmarks, not the source's), without cropping the image."""
+    box = crop_box(landmarks)
+    return normalise_keypoints(np.asarray(landmarks, np.float32) - np.array(box[:2], np.float32), box[2] - box[0])
+
+
+def crop_face(image: np.ndarray, landmarks: np.ndarray, image_size: int = 256) -> FaceCrop:
+    """Crop a photo around its 68 landmarks as the official `infer.py` does.
+
+    image: uint8 HxWx3 RGB of any size; landmarks: [68, 2] pixel (x, y) in that photo.
+    """
+    landmarks = np.asarray(landmarks, dtype=np.float32)
+    box = crop_box(landmarks)
+    center, size = np.array([box[0] + box[2], box[1] + box[3]]) // 2, (box[2] - box[0]) // 2
     crop = Image.fromarray(image).crop(box)
     side = crop.size[0]
     crop = crop.resize((image_size, image_size), Image.BICUBIC)

@@ -1,0 +1,263 @@
+"""`bilayer-mobile drive`: an avatar driven by a video, through a bundle's graphs in their runtime.
+
+    source photo -> face mesh -> 68 points -> official crop -> identity graph  (once)
+    each driver frame -> detector/mesh (tracked) -> 68 points -> One Euro filter
+                      -> keypoints in the frame's own crop -> frame graph -> image
+
+This is the per-frame path a phone app runs, on the host: the driver models are MediaPipe's
+published TFLite models (`reference.face_tracking`), the graphs are the bundle's artifacts run
+by the runtime named on the command line. The driver's keypoints are normalised in the driver
+frame's own crop, as the official `infer.py` does. A frame where no face is found keeps the last
+good landmarks (counted in the summary); frames before the first face are skipped.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from bilayer_mobile.reference.errors import InputError, NoFaceError
+from bilayer_mobile.reference.face_tracking import DriverModels, FaceTracker, ModelCall
+from bilayer_mobile.reference.landmark_filter import LandmarkFilter, OneEuroParams
+from bilayer_mobile.reference.mesh_to_ibug import ibug68_from_mesh
+from bilayer_mobile.reference.preprocessing import (crop_box, crop_face, draw_stickmen, keypoints_in_crop, load_rgb,
+                                                    tensor_to_image)
+from bilayer_mobile.runtime_bench.runners import make_runner
+from bilayer_mobile.runtime_bench.validate import BundleError, load_manifest
+
+# The runtime a user names -> the bundle target whose artifacts it runs.
+RUNTIME_TARGETS = {"litert": "tflite", "onnxruntime": "onnx", "executorch": "executorch"}
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+STAGES = ("detection", "mesh", "mapping+filter", "frame graph", "output")
+
+
+@dataclass(frozen=True)
+class DriveJob:
+    """What `drive` was asked to do."""
+
+    source: Path
+    drivers: tuple[Path, ...]  # one video, or image files / a folder of them
+    bundle: Path
+    out: Path  # .mp4 or .gif; the side-by-side is written beside it
+    runtime: str = "litert"
+    precision: str = "fp32"
+    identity_precision: str = "fp32"
+    fps: float = 25.0  # for image sequences (a video keeps its own)
+    filter: OneEuroParams = field(default_factory=OneEuroParams)
+    smooth: bool = True
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over frames."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+    def timed(self, stage: str, call: ModelCall) -> ModelCall:
+        def run(x):
+            with self(stage):
+                return call(x)
+        return run
+
+
+def side_by_side_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}-side-by-side{out.suffix}")
+
+
+def find_artifact(manifest: dict, graph: str, runtime: str, precision: str) -> dict:
+    """The manifest entry of `graph` at `precision` for the runtime's target, or a one-line error."""
+    target = RUNTIME_TARGETS[runtime]
+    for artifact in manifest["artifacts"]:
+        if artifact.get("graph") == graph and artifact.get("target") == target and artifact.get("precision") == precision:
+            return artifact
+    have = sorted({a.get("precision") for a in manifest["artifacts"] if a.get("graph") == graph and a.get("target") == target})
+    if not have:
+        raise BundleError(f"the bundle has no {graph} graph for {runtime} (target {target}); export it with "
+                          f"`bilayer-mobile export --targets {target} --graphs identity,{graph} ...`")
+    raise BundleError(f"the bundle's {graph} graph for {runtime} has no {precision} artifact (it has: {', '.join(have)}); "
+                      "choose one of those precisions")
+
+
+def read_driver_frames(paths: tuple[Path, ...], fps: float) -> tuple[Iterator[np.ndarray], float, int | None]:
+    """(frames as uint8 RGB, frames per second, frame count when known) of a video or images."""
+    import imageio.v3 as iio
+
+    if len(paths) == 1 and paths[0].is_dir():
+        paths = tuple(sorted(p for p in paths[0].iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        if not paths:
+            raise InputError(f"driver folder {paths} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"driver {path} does not exist")
+    if len(paths) == 1 and paths[0].suffix.lower() in VIDEO_SUFFIXES:
+        path = paths[0]
+        try:
+            meta = iio.immeta(path, plugin="FFMPEG")
+        except Exception as exc:
+            raise InputError(f"cannot read driver video {path}: {' '.join(str(exc).split())[:200]}; "
+                             "give an mp4/mov/webm video or image files") from None
+        count = meta.get("nframes")
+        if not (isinstance(count, (int, float)) and np.isfinite(count)):  # ffmpeg often reports inf
+            duration, rate = meta.get("duration"), meta.get("fps")
+            count = round(duration * rate) if duration and rate else None
+        count = int(count) if count else None
+
+        def video() -> Iterator[np.ndarray]:
+            try:
+                for frame in iio.imiter(path, plugin="FFMPEG"):
+                    yield np.ascontiguousarray(frame[..., :3])
+            except Exception as exc:
+                raise InputError(f"driver video {path} is damaged: {' '.join(str(exc).split())[:200]}") from None
+
+        return video(), float(meta.get("fps") or fps), count
+    return (load_rgb(p, what="driver frame") for p in paths), fps, len(paths)
+
+
+def _landmarks(tracker: FaceTracker, image: np.ndarray) -> np.ndarray | None:
+    face = tracker(image)
+    return None if face is None else ibug68_from_mesh(face.mesh)
+
+
+def _driver_view(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
+    """The driver frame's official crop at the model's size, its landmarks drawn on it."""
+    import cv2
+
+    box = crop_box(landmarks)
+    scale = size / (box[2] - box[0])
+    m = np.array([[scale, 0, -box[0] * scale], [0, scale, -box[1] * scale]], np.float64)
+    view = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT)
+    for x, y in (landmarks - np.array(box[:2])) * scale:
+        cv2.circle(view, (int(round(x)), int(round(y))), 2, (0, 255, 0), -1, lineType=cv2.LINE_AA)
+    return view
+
+
+@contextmanager
+def _written_atomically(paths: list[Path]) -> Iterator[list[Path]]:
+    """Temporary files beside `paths` (same suffixes) that replace them only if the block succeeds."""
+    temps = []
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        temps.append(Path(name))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield temps
+        for temp, path in zip(temps, paths):
+            os.chmod(temp, 0o666 & ~umask)  # mkstemp makes files private; these are ordinary outputs
+            os.replace(temp, path)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    import imageio.v2 as imageio
+    import imageio.v3 as iio
+
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(path, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+        return
+    with imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", quality=7, macro_block_size=16,
+                            ffmpeg_log_level="error") as writer:
+        for frame in frames:
+            writer.append_data(frame)
+
+
+def run_drive(job: DriveJob, progress=None) -> dict:
+    """Drive the bundle's avatar of `job.source` by `job.drivers`; write the videos; return a summary."""
+    if job.runtime not in RUNTIME_TARGETS:
+        raise InputError(f"--runtime {job.runtime!r} is not one of {', '.join(RUNTIME_TARGETS)}")
+    if job.out.suffix.lower() not in (".mp4", ".gif"):
+        raise InputError(f"--out {job.out} must end in .mp4 or .gif")
+    if not job.source.is_file():
+        raise InputError(f"source image {job.source} does not exist")
+    source = load_rgb(job.source, what="source image")
+    manifest = load_manifest(job.bundle)
+    identity = find_artifact(manifest, "identity", job.runtime, job.identity_precision)
+    frame_graph = find_artifact(manifest, "frame", job.runtime, job.precision)
+    size = int(manifest.get("preprocessing", {}).get("image_size", 256))
+    frames, fps, count = read_driver_frames(job.drivers, job.fps)
+
+    times = StageTimes()
+    published = DriverModels.published()
+    models = DriverModels(times.timed("detection", published.short_range), times.timed("detection", published.full_range),
+                          times.timed("mesh", published.mesh))
+
+    source_points = _landmarks(FaceTracker(models, track=False), source)
+    if source_points is None:
+        raise NoFaceError(f"no face found in the source image {job.source}; use a photo with one clearly visible, "
+                          "roughly frontal face")
+    face = crop_face(source, source_points, size)
+    identity_runner = make_runner(identity["runtime"], job.bundle / identity["file"])
+    state = identity_runner.infer({"source_image": face.image[None].numpy(),
+                                   "source_stickman": draw_stickmen(face.keypoints[None], size).numpy(),
+                                   "source_keypoints": face.keypoints[None].numpy(),
+                                   "source_mask": np.ones((1, 1, size, size), np.float32)})
+    frame_runner = make_runner(frame_graph["runtime"], job.bundle / frame_graph["file"])
+
+    tracker, smoother = FaceTracker(models), LandmarkFilter(job.filter)
+    avatar, side_by_side = [], []
+    last, lost, skipped, total = None, 0, 0, 0
+    for index, image in enumerate(frames):
+        total += 1
+        points = _landmarks(tracker, image)
+        with times("mapping+filter"):
+            if points is None:
+                if last is None:
+                    skipped += 1
+                    continue
+                lost += 1
+                points = last
+            else:
+                points = smoother(points, index / fps) if job.smooth else points
+                last = points
+            keypoints = keypoints_in_crop(points)
+        with times("frame graph"):
+            out = frame_runner.infer({"keypoints": keypoints[None].numpy(), "texture": state["texture"],
+                                      "adaptive_params": state["adaptive_params"]})
+        with times("output"):
+            import torch
+
+            picture = tensor_to_image(torch.from_numpy(np.asarray(out["image"])[0]))
+            avatar.append(picture)
+            side_by_side.append(np.concatenate([_driver_view(image, points, size), picture], axis=1))
+        if progress:
+            progress(total, max(count or 0, total))
+    if not avatar:
+        raise NoFaceError(f"no face found in any of the {total} driver frames; use a video of one clearly visible face")
+    with times("output"), _written_atomically([job.out, side_by_side_path(job.out)]) as (temp_avatar, temp_side):
+        _write_video(temp_avatar, avatar, fps)
+        _write_video(temp_side, side_by_side, fps)
+    return {"frames": total, "written": len(avatar), "no_face_kept_last": lost, "no_face_skipped": skipped,
+            "fps": fps, "identity": identity["name"], "frame_graph": frame_graph["name"],
+            "runtime": frame_runner.runtime, "seconds": {stage: times.seconds.get(stage, 0.0) for stage in STAGES},
+            "outputs": [str(job.out), str(side_by_side_path(job.out))]}
+
+
+def print_summary(summary: dict, stream=sys.stderr) -> None:
+    """The per-stage times and the frame counts, a few lines."""
+    n = max(summary["written"], 1)
+    print(f"drove {summary['written']}/{summary['frames']} frames with {summary['frame_graph']} in {summary['runtime']} "
+          f"(identity: {summary['identity']}); frames without a face: {summary['no_face_kept_last']} kept the last "
+          f"landmarks, {summary['no_face_skipped']} skipped before the first face", file=stream)
+    print("per frame: " + ", ".join(f"{stage} {summary['seconds'][stage] / n * 1e3:.1f} ms" for stage in STAGES)
+          + " (output: side by side and encoding)", file=stream)
