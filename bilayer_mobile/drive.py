@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
+import torch
 
 from bilayer_mobile.reference.errors import InputError, NoFaceError
 from bilayer_mobile.reference.face_tracking import DriverModels, FaceTracker, ModelCall
@@ -137,8 +139,6 @@ def _landmarks(tracker: FaceTracker, image: np.ndarray) -> np.ndarray | None:
 
 def _driver_view(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
     """The driver frame's official crop at the model's size, its landmarks drawn on it."""
-    import cv2
-
     box = crop_box(landmarks)
     scale = size / (box[2] - box[0])
     m = np.array([[scale, 0, -box[0] * scale], [0, scale, -box[1] * scale]], np.float64)
@@ -235,8 +235,6 @@ def run_drive(job: DriveJob, progress=None) -> dict:
             out = frame_runner.infer({"keypoints": keypoints[None].numpy(), "texture": state["texture"],
                                       "adaptive_params": state["adaptive_params"]})
         with times("output"):
-            import torch
-
             picture = tensor_to_image(torch.from_numpy(np.asarray(out["image"])[0]))
             avatar.append(picture)
             side_by_side.append(np.concatenate([_driver_view(image, points, size), picture], axis=1))
