@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
 
-.PHONY: setup gpu-driver test test-fast bundle validate coverage bench info docs clean
+.PHONY: setup gpu-driver test test-fast bundle drive validate coverage bench info docs clean
 
 setup: $(STAMP) gpu-driver
 
@@ -54,6 +54,15 @@ bundle: setup
 	echo "bundle: $(OUT)/bundle (report: $(OUT)/bundle/reports/parity.md; converter log: $(OUT)/bundle/reports/export.log)"; \
 	echo "render demo: $(OUT)/render"; \
 	exit $$status
+
+# The avatar of source.jpg driven by a clip generated from target.jpg, through the bundle's driver
+# models and graphs, in every runtime that runs here (videos and side-by-sides in $(OUT)/drive).
+drive: setup
+	$(BIN)/python scripts/make-driving-clip.py reference/photos/target.jpg $(OUT)/drive/clip.mp4
+	for runtime in litert onnxruntime executorch; do \
+		$(BIN)/bilayer-mobile drive --source reference/photos/source.jpg --driver $(OUT)/drive/clip.mp4 \
+			--bundle $(OUT)/bundle --runtime $$runtime --out $(OUT)/drive/$$runtime.mp4 --force || exit $$?; \
+	done
 
 # Which ops of each TFLite artifact LiteRT's GPU accelerator takes, and its fp16 parity.
 coverage: setup

@@ -297,7 +297,7 @@ def cmd_export(args) -> int:
 
     config = ExportConfig(out=args.out, targets=_csv(args.targets), precisions=_csv(args.precisions),
                           data_root=args.data_root, strict=args.strict, warp=args.warp,
-                          graphs=_csv(args.graphs))  # checks the choices first
+                          graphs=_csv(args.graphs), driver_models=not args.no_driver_models)  # checks the choices first
     if args.out.exists():
         raise OutputExistsError(f"output directory {args.out} already exists; choose another --out or remove it")
     source = _model_source(args)
@@ -508,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "GridSample")
     export.add_argument("--graphs", default=",".join(GRAPH_NAMES),
                         help=f"comma-separated: {', '.join(GRAPH_NAMES)} (default: all)")
+    export.add_argument("--no-driver-models", action="store_true",
+                        help="leave out the driving front end's models (MediaPipe's face detectors and face mesh, "
+                             "driver/; `drive` needs them)")
     _add_gpu_arg(export)
     export.add_argument("--strict", action="store_true",
                         help="publish nothing when any artifact fails its parity gate (default: publish the "

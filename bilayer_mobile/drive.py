@@ -4,9 +4,10 @@
     each driver frame -> detector/mesh (tracked) -> 68 points -> One Euro filter
                       -> keypoints in the frame's own crop -> frame graph -> image
 
-This is the per-frame path a phone app runs, on the host: the driver models are MediaPipe's
-published TFLite models (`reference.face_tracking`), the graphs are the bundle's artifacts run
-by the runtime named on the command line. The driver's keypoints are normalised in the driver
+This is the per-frame path a phone app runs, on the host, from the bundle alone: its driver
+models (MediaPipe's face detectors and mesh, `driver/`) in LiteRT with the pre- and
+post-processing of `reference.face_tracking`, its 468 -> 68 table and filter parameters, and its
+graphs run by the runtime named on the command line. The driver's keypoints are normalised in the driver
 frame's own crop, as the official `infer.py` does. A frame where no face is found keeps the last
 good landmarks (counted in the summary); frames before the first face are skipped.
 """
@@ -18,7 +19,7 @@ import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
@@ -27,13 +28,14 @@ import numpy as np
 import torch
 
 from bilayer_mobile.reference.errors import InputError, NoFaceError
-from bilayer_mobile.reference.face_tracking import DriverModels, FaceTracker, ModelCall
+from bilayer_mobile.reference.face_tracking import DRIVER_MODEL_NAMES, DriverModels, FaceTracker, ModelCall
 from bilayer_mobile.reference.landmark_filter import LandmarkFilter, OneEuroParams
-from bilayer_mobile.reference.mesh_to_ibug import ibug68_from_mesh
+from bilayer_mobile.reference.mesh_to_ibug import Row, ibug68_from_mesh
 from bilayer_mobile.reference.preprocessing import (crop_box, crop_face, draw_stickmen, keypoints_in_crop, load_rgb,
                                                     tensor_to_image)
+from bilayer_mobile.runtime_bench.runner import Runner
 from bilayer_mobile.runtime_bench.runners import make_runner
-from bilayer_mobile.runtime_bench.validate import BundleError, load_manifest
+from bilayer_mobile.runtime_bench.validate import BundleError, check_integrity, load_manifest
 
 # The runtime a user names -> the bundle target whose artifacts it runs.
 RUNTIME_TARGETS = {"litert": "tflite", "onnxruntime": "onnx", "executorch": "executorch"}
@@ -54,7 +56,7 @@ class DriveJob:
     precision: str = "fp32"
     identity_precision: str = "fp32"
     fps: float = 25.0  # for image sequences (a video keeps its own)
-    filter: OneEuroParams = field(default_factory=OneEuroParams)
+    filter: OneEuroParams | None = None  # None: the bundle's (manifest `driver.filter`)
     smooth: bool = True
 
 
@@ -97,6 +99,50 @@ def find_artifact(manifest: dict, graph: str, runtime: str, precision: str) -> d
                       "choose one of those precisions")
 
 
+@dataclass(frozen=True)
+class BundleFrontEnd:
+    """What a bundle gives the driving front end: its driver models loaded in their runtime, the
+    468 -> 68 table and the landmark filter's parameters."""
+
+    models: DriverModels
+    table: tuple[Row, ...]
+    filter: OneEuroParams
+
+
+def _model_call(runner: Runner) -> ModelCall:
+    """A runner as the tracker calls a model: one input array in, the outputs in the file's order."""
+    (name,) = runner.input_names
+    return lambda x: [out for out in runner.infer({name: x}).values()]
+
+
+def bundle_front_end(bundle: Path, manifest: dict, times: StageTimes) -> BundleFrontEnd:
+    """The bundle's driver models (each checked against its manifest entry) and constants."""
+    entries = {a["graph"]: a for a in manifest["artifacts"] if a.get("graph") in DRIVER_MODEL_NAMES}
+    driver = manifest.get("driver")
+    if len(entries) != len(DRIVER_MODEL_NAMES) or not isinstance(driver, dict):
+        raise BundleError(f"the bundle {bundle} has no driver models (face detectors and mesh under driver/); export "
+                          "it again with this version of `bilayer-mobile export` (without --no-driver-models)")
+    check_integrity(bundle, {"artifacts": list(entries.values()), "golden": manifest["golden"]})
+    calls = {}
+    for name, entry in entries.items():
+        runner = make_runner(entry["runtime"], bundle / entry["file"])
+        problems = runner.check_contract(entry["inputs"], entry["outputs"])
+        if problems:
+            raise BundleError(f"{entry['file']} does not honour its contract in manifest.json: {'; '.join(problems)}")
+        calls[name] = _model_call(runner)
+    short, full, mesh = (calls[name] for name in DRIVER_MODEL_NAMES)
+    try:
+        table = tuple(tuple((int(v), float(w)) for v, w in row) for row in driver["ibug68"]["rows"])
+        params = OneEuroParams(**{f.name: float(driver["filter"][f.name]) for f in fields(OneEuroParams)})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"the bundle's manifest has a damaged `driver` section ({type(exc).__name__}: {exc}); "
+                          "re-run `bilayer-mobile export`") from None
+    if len(table) != 68:
+        raise BundleError(f"the bundle's 468 -> 68 table has {len(table)} rows, not 68; re-run `bilayer-mobile export`")
+    models = DriverModels(times.timed("detection", short), times.timed("detection", full), times.timed("mesh", mesh))
+    return BundleFrontEnd(models, table, params)
+
+
 def read_driver_frames(paths: tuple[Path, ...], fps: float) -> tuple[Iterator[np.ndarray], float, int | None]:
     """(frames as uint8 RGB, frames per second, frame count when known) of a video or images."""
     import imageio.v3 as iio
@@ -132,9 +178,9 @@ def read_driver_frames(paths: tuple[Path, ...], fps: float) -> tuple[Iterator[np
     return (load_rgb(p, what="driver frame") for p in paths), fps, len(paths)
 
 
-def _landmarks(tracker: FaceTracker, image: np.ndarray) -> np.ndarray | None:
+def _landmarks(tracker: FaceTracker, image: np.ndarray, table: tuple[Row, ...]) -> np.ndarray | None:
     face = tracker(image)
-    return None if face is None else ibug68_from_mesh(face.mesh)
+    return None if face is None else ibug68_from_mesh(face.mesh, table)
 
 
 def _driver_view(image: np.ndarray, landmarks: np.ndarray, size: int) -> np.ndarray:
@@ -198,11 +244,10 @@ def run_drive(job: DriveJob, progress=None) -> dict:
     frames, fps, count = read_driver_frames(job.drivers, job.fps)
 
     times = StageTimes()
-    published = DriverModels.published()
-    models = DriverModels(times.timed("detection", published.short_range), times.timed("detection", published.full_range),
-                          times.timed("mesh", published.mesh))
+    front_end = bundle_front_end(job.bundle, manifest, times)
+    models = front_end.models
 
-    source_points = _landmarks(FaceTracker(models, track=False), source)
+    source_points = _landmarks(FaceTracker(models, track=False), source, front_end.table)
     if source_points is None:
         raise NoFaceError(f"no face found in the source image {job.source}; use a photo with one clearly visible, "
                           "roughly frontal face")
@@ -214,12 +259,12 @@ def run_drive(job: DriveJob, progress=None) -> dict:
                                    "source_mask": np.ones((1, 1, size, size), np.float32)})
     frame_runner = make_runner(frame_graph["runtime"], job.bundle / frame_graph["file"])
 
-    tracker, smoother = FaceTracker(models), LandmarkFilter(job.filter)
+    tracker, smoother = FaceTracker(models), LandmarkFilter(job.filter or front_end.filter)
     avatar, side_by_side = [], []
     last, lost, skipped, total = None, 0, 0, 0
     for index, image in enumerate(frames):
         total += 1
-        points = _landmarks(tracker, image)
+        points = _landmarks(tracker, image, front_end.table)
         with times("mapping+filter"):
             if points is None:
                 if last is None:
@@ -251,8 +296,9 @@ def run_drive(job: DriveJob, progress=None) -> dict:
             "outputs": [str(job.out), str(side_by_side_path(job.out))]}
 
 
-def print_summary(summary: dict, stream=sys.stderr) -> None:
-    """The per-stage times and the frame counts, a few lines."""
+def print_summary(summary: dict, stream=None) -> None:
+    """The per-stage times and the frame counts, a few lines, on `stream` (standard error by default)."""
+    stream = stream or sys.stderr  # looked up per call: a default bound at import outlives a redirected stderr
     n = max(summary["written"], 1)
     print(f"drove {summary['written']}/{summary['frames']} frames with {summary['frame_graph']} in {summary['runtime']} "
           f"(identity: {summary['identity']}); frames without a face: {summary['no_face_kept_last']} kept the last "

@@ -23,6 +23,7 @@ from bilayer_mobile.console import StepProgress, converter_chatter_to
 from bilayer_mobile.export.bundle import ExportConfig, record_verdicts, write_candidate
 from bilayer_mobile.export.errors import ExportError
 from bilayer_mobile.reference.errors import BilayerError
+from bilayer_mobile.reference.face_tracking import DRIVER_MODEL_NAMES
 from bilayer_mobile.reference.files import staging_directory
 from bilayer_mobile.reference.model import BilayerModel
 from bilayer_mobile.runtime_bench.coverage import gpu_coverage, write_coverage
@@ -45,6 +46,10 @@ STEP_COST = {
        for p, c in (("fp32", 0.2), ("fp16", 0.5), ("int8_dynamic", 0.5), ("int8", 2.5))},
     # LiteRT's GPU accelerator on lavapipe (software Vulkan): compile + a few golden samples
     **{("validate", g, "litert_gpu"): 3.0 for g in ("frame", "baked_frame", "split_frame")},
+    # the driver models: copied, golden vectors from LiteRT's reference kernels, then validated
+    ("driver",): 3.0,
+    **{("validate", name): 0.3 for name in DRIVER_MODEL_NAMES},
+    **{("validate", name, "litert_gpu"): 1.0 for name in DRIVER_MODEL_NAMES},
 }
 # Conversions and derivations that cost more than ONNX's and TFLite's (the table above), measured
 # on the paper configuration (2 cores, Intel Xeon, 2026-12-02): ExecuTorch lowers every program
@@ -98,7 +103,9 @@ def total_cost(config: ExportConfig) -> float:
     return (STEP_COST["prepare",] + sum(step_cost(("convert", g), t) for g, t in conversions)
             + sum(step_cost(("derive", g, p), t) + step_cost(("validate", g), t) for g, t, p in jobs)
             + sum(STEP_COST["validate", g, "litert_gpu"] for g in gpu_runs)
-            + (STEP_COST["validate", "shaders"] * 4 if "split_frame" in config.graphs else 0.0))
+            + (STEP_COST["validate", "shaders"] * 4 if "split_frame" in config.graphs else 0.0)
+            + (STEP_COST["driver",] + sum(STEP_COST["validate", name] + STEP_COST["validate", name, "litert_gpu"]
+                                          for name in DRIVER_MODEL_NAMES) if config.driver_models else 0.0))
 
 
 def export_bundle(model: BilayerModel, config: ExportConfig, model_description: str, console: TextIO,

@@ -8,6 +8,9 @@ A bundle directory holds:
                        sets, tool versions
   models/              <graph>_<precision>.onnx / .tflite
   shaders/             the split frame graph's compositing shaders (GLSL ES 3.00, WGSL)
+  driver/              the driving front end's models (MediaPipe's face detectors and face mesh,
+                       as published; export.driver_models), with the constants around them
+                       under `driver` in the manifest
   golden/<graph>.npz   real-face inputs and the PyTorch reference's outputs, keys = the contract's
                        tensor names, a leading sample axis
   reports/             parity.json, parity.md and plots (written by runtime_bench.report),
@@ -36,6 +39,7 @@ from ..reference.files import sha256_file, sha256_tree, size_of_tree, write_text
 from ..reference.model import BilayerModel
 from ..reference.preprocessing import STICKMAN_PARTS
 from .calibration import DataSets, calibration_frame_feeds, frame_feeds, identity_feeds, identity_states
+from .driver_models import driver_graphs, write_driver_models
 from .errors import ExportError
 from .graphs import BakedFrameGraph, FrameGraph, IdentityGraph, SplitFrameGraph, adaptive_layout
 from .precisions import DEFAULT_PRECISIONS, IDENTITY_PRECISIONS, PRECISIONS, SHIPPING_PRECISIONS, needs_calibration
@@ -43,7 +47,7 @@ from .targets import PLANNED_TARGETS, TARGETS
 from .warp import WARPS
 
 FORMAT = "bilayer-mobile-bundle"
-FORMAT_VERSION = 5  # 5: Core ML packages (directories), ExecuTorch programs, the NNAPI profile, accelerator records
+FORMAT_VERSION = 6  # 5: Core ML packages, ExecuTorch programs, the NNAPI profile; 6: the driver models (driver/)
 GRAPH_NAMES = ("identity", "frame", "baked_frame", "split_frame")
 SHADERS_DIR = Path(__file__).parent / "shaders"  # shipped in bundles beside the split frame graph
 
@@ -64,6 +68,7 @@ class ExportConfig:
     strict: bool = False  # publish nothing when any artifact fails its gate
     warp: str = "fused"  # the TFLite frame graphs' warp (export.warp.WARPS)
     graphs: tuple[str, ...] = GRAPH_NAMES
+    driver_models: bool = True  # ship the face detectors and face mesh that make the frames' landmarks
 
     def __post_init__(self):
         for t in self.targets:
@@ -207,6 +212,13 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
         np.savez(path, **arrays)
         golden_meta[f"golden/{name}.npz"] = {"sha256": sha256_file(path), "samples": len(feeds[name])}
     shaders = copy_shaders(directory) if "split_frame" in graphs else {}
+    driver_artifacts, driver = [], None
+    if config.driver_models:
+        started_driver = time.perf_counter()
+        driver_artifacts, driver_golden, driver = write_driver_models(directory)
+        golden_meta.update(driver_golden)
+        progress(("driver",), f"driver models (MediaPipe's, as published) and their golden vectors ready in "
+                              f"{time.perf_counter() - started_driver:.1f} s")
     progress(("prepare",), f"golden and calibration data ready in {time.perf_counter() - started:.1f} s "
                            f"(golden: {', '.join(data.golden_identities)}; calibration: "
                            f"{', '.join(data.calibration_identities)})")
@@ -260,6 +272,7 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
         progress(("derive", graph_name, precision), f"{name}: written in {seconds:.1f} s "
                                                     f"({size_of_tree(directory / file) / 1e6:.1f} MB)", target=target_name)
     float_model = None
+    artifacts += driver_artifacts
 
     manifest = {
         "format": FORMAT,
@@ -268,13 +281,15 @@ def write_candidate(model: BilayerModel, config: ExportConfig, directory: Path, 
         "model": {"source": model_description, "config": dataclasses.asdict(model.config),
                   "enhancer": model.has_enhancer},
         "graphs": {name: {"purpose": g.purpose, "inputs": [t.as_dict() for t in g.input_spec()],
-                          "outputs": [t.as_dict() for t in g.output_spec()]} for name, g in graphs.items()},
+                          "outputs": [t.as_dict() for t in g.output_spec()]} for name, g in graphs.items()}
+                  | (driver_graphs() if driver else {}),
         "adaptive_params_layout": [dataclasses.asdict(e) for e in layout],
         "preprocessing": preprocessing_constants(model),
         "data": data.describe(),
         "golden": golden_meta,
         "warp": {"tflite": config.warp},
         "shaders": shaders,
+        **({"driver": driver} if driver else {}),
         "targets": {name: TARGETS[name].describe() for name in config.targets},
         "precisions": {name: PRECISIONS[name].description for name in config.precisions},
         "artifacts": artifacts,

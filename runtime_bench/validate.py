@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..reference.errors import BilayerError
+from ..reference.face_tracking import DRIVER_MODEL_NAMES
 from ..reference.files import sha256_tree
 from .compare import (FIGURE_DRIFT_DB, FIGURE_DRIFT_UV_PX, FIGURE_PSNR_CEILING_DB, THRESHOLDS_DB, UV_TOLERANCE,
                       RUNTIME_COMPUTE_PRECISION, OutputComparison, compare_output, gate_precision, warp_px)
@@ -38,7 +39,7 @@ from .runners import RuntimeUnavailable, make_runner
 
 # The manifest layout this reader understands (export/bundle.py writes it).
 FORMAT = "bilayer-mobile-bundle"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 ARTIFACT_KEYS = ("name", "graph", "target", "runtime", "precision", "file", "sha256", "golden", "inputs", "outputs")
 # The NNAPI profile's artifacts (export.nnapi) also pass only when the NNAPI rule table takes them whole.
 NNAPI_TARGET = "nnapi"
@@ -191,10 +192,10 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | N
     return res, worst_arrays
 
 
-# LiteRT's GPU accelerator runs every TFLite artifact of these graphs a second time, on this many
-# golden samples (lavapipe, the software Vulkan driver, takes seconds per frame on a CPU host).
+# LiteRT's GPU accelerator runs every TFLite artifact of these graphs (the frame graphs and the
+# driver models: what runs per camera frame) a second time, on this many golden samples (lavapipe, the software Vulkan driver, takes seconds per frame on a CPU host).
 GPU_RUNTIME = "litert_gpu"
-GPU_GRAPHS = ("frame", "baked_frame", "split_frame")
+GPU_GRAPHS = ("frame", "baked_frame", "split_frame", *DRIVER_MODEL_NAMES)
 GPU_SAMPLES = 2
 GPU_MODES = ("auto", "require", "off")  # auto: run when the machine has a Vulkan device
 

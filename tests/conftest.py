@@ -150,3 +150,39 @@ def realistic_frame(realistic_tiny):
     state = m.init_identity(clips["eval"][0].image[None], clips["eval"][0].keypoints[None])
     graph = FrameGraph(m, adaptive_layout(state), debug_outputs=True).eval()
     return graph, frame_feeds(m, clips["eval"]), frame_feeds(m, clips["calib"])
+
+
+# The small configuration of the pipeline tests: big enough to have every layer, small enough to
+# export in seconds.
+TINY_CONFIG = dict(emb_num_channels=8, emb_max_channels=64, tex_num_channels=8, tex_max_channels=64,
+                   inf_num_channels=4, inf_max_channels=32, pse_num_channels=32, enh_num_channels=8,
+                   enh_max_channels=16)
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """The default-model recipe (standing statistics, 3 px warp) on a small configuration."""
+    from bilayer_mobile.reference import BilayerConfig
+    from bilayer_mobile.reference.default_model import DefaultModelRecipe, build_default_model
+
+    recipe = DefaultModelRecipe(stats_identities=4, uv_identities=4, with_enhancer=False)
+    # without the enhancer: converting its unrolled steps is slow, and tests/export/test_onnx.py
+    # and test_tflite.py cover the identity graph with the enhancer
+    return build_default_model(BilayerConfig(**TINY_CONFIG), recipe)
+
+
+@pytest.fixture(scope="session")
+def bundle(small_model, tmp_path_factory) -> Path:
+    """The small model's bundle in ONNX and TFLite, fp32 and fp16, every graph (read-only: a test
+    that changes a bundle changes a copy). Shared by the pipeline and the drive tests."""
+    import io
+
+    from bilayer_mobile.export.bundle import ExportConfig
+    from bilayer_mobile.pipeline import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "small"
+    export_bundle(small_model, ExportConfig(out=out, targets=("onnx", "tflite"), precisions=("fp32", "fp16"),
+                                            golden_identities=1, golden_frames=2, calibration_identities=2,
+                                            calibration_frames=2),
+                  "small default model", console=io.StringIO())
+    return out

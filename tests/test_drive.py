@@ -19,16 +19,17 @@ from bilayer_mobile.reference.preprocessing import load_rgb
 from bilayer_mobile.runtime_bench.compare import psnr_db
 from bilayer_mobile.runtime_bench.driving_quality import moving_frames
 from tests.conftest import PROJECT
-from tests.test_pipeline import small_model  # noqa: F401  (the module-scoped fixture)
 
 SOURCE = PROJECT / "reference" / "photos" / "source.jpg"
 CLIP_FRAMES = 12
 
 
 @pytest.fixture(scope="module")
-def drive_bundle(small_model, tmp_path_factory) -> Path:  # noqa: F811
-    out = tmp_path_factory.mktemp("bundles") / "drive"
-    export_bundle(small_model, ExportConfig(out=out, targets=("onnx", "tflite", "executorch"), precisions=("fp32",),
+def executorch_bundle(small_model, tmp_path_factory) -> Path:
+    """The small model's identity and frame graphs as ExecuTorch programs (the shared `bundle` has
+    ONNX and TFLite: LiteRT and onnxruntime drive from that one)."""
+    out = tmp_path_factory.mktemp("bundles") / "drive-executorch"
+    export_bundle(small_model, ExportConfig(out=out, targets=("executorch",), precisions=("fp32",),
                                             graphs=("identity", "frame"), golden_identities=1, golden_frames=1),
                   "small default model", console=io.StringIO(), gpu="off")
     return out
@@ -57,12 +58,13 @@ def drive(bundle: Path, driver, out: Path, *extra: str) -> int:
 
 
 @pytest.mark.slow
-def test_every_runtime_drives_the_clip_and_they_agree(drive_bundle, clip_frames, tmp_path, capsys):
+def test_every_runtime_drives_the_clip_and_they_agree(bundle, executorch_bundle, clip_frames, tmp_path, capsys):
     clip = write_clip(tmp_path / "clip.mp4", clip_frames)
     videos = {}
-    for runtime in ("litert", "onnxruntime", "executorch"):
+    bundles = {"litert": bundle, "onnxruntime": bundle, "executorch": executorch_bundle}  # one model, two bundles
+    for runtime, runtime_bundle in bundles.items():
         out = tmp_path / runtime / "avatar.mp4"
-        assert drive(drive_bundle, clip, out, "--runtime", runtime) == 0
+        assert drive(runtime_bundle, clip, out, "--runtime", runtime) == 0
         err = capsys.readouterr().err
         assert f"drove {CLIP_FRAMES}/{CLIP_FRAMES} frames" in err and "frame graph" in err and "detection" in err
         videos[runtime] = np.stack(list(iio.imiter(out, plugin="FFMPEG")))
@@ -74,22 +76,23 @@ def test_every_runtime_drives_the_clip_and_they_agree(drive_bundle, clip_frames,
         assert psnr_db(videos["litert"], videos[runtime]) > 35
 
 
-def test_frames_without_a_face_keep_the_last_landmarks_and_are_counted(drive_bundle, clip_frames, tmp_path, capsys):
+def test_frames_without_a_face_keep_the_last_landmarks_and_are_counted(bundle, clip_frames, tmp_path, capsys):
     blank = np.full_like(clip_frames[0], 90)
     images = []
     for k, frame in enumerate([blank, clip_frames[0], blank, clip_frames[1]]):
         images.append(tmp_path / f"{k}.png")
         iio.imwrite(images[-1], frame)
     out = tmp_path / "out.mp4"  # not .gif: a GIF encoder merges the repeated (kept) frame
-    assert drive(drive_bundle, images, out, "--runtime", "onnxruntime") == 0
+    assert drive(bundle, images, out, "--runtime", "onnxruntime") == 0
     err = capsys.readouterr().err
     assert "drove 3/4 frames" in err and "1 kept the last landmarks, 1 skipped" in err
     assert len(list(iio.imiter(out, plugin="FFMPEG"))) == 3
 
 
-@pytest.mark.parametrize("case", ["no face", "not a video", "no frame graph", "missing precision", "bad suffix"])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(drive_bundle, tmp_path, capsys, case):
-    bundle, driver, extra = drive_bundle, None, []
+@pytest.mark.parametrize("case", ["no face", "not a video", "no frame graph", "no driver models",
+                                  "damaged driver model", "missing precision", "bad suffix"])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(bundle, tmp_path, capsys, case):
+    driver, extra = None, []
     out = tmp_path / "out" / "avatar.mp4"
     if case == "no face":
         driver = write_clip(tmp_path / "blank.mp4", [np.full((240, 320, 3), 90, np.uint8)] * 3)
@@ -99,16 +102,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(drive_bundle, tmp_path,
         driver.write_bytes(b"\x00\x01 not a video" * 50)
         words = "cannot read driver video"
     elif case == "no frame graph":
-        bundle = tmp_path / "identity-only"
-        shutil.copytree(drive_bundle, bundle)
+        bundle = shutil.copytree(bundle, tmp_path / "identity-only")
         manifest = json.loads((bundle / "manifest.json").read_text())
         manifest["artifacts"] = [a for a in manifest["artifacts"] if a["graph"] != "frame"]
         (bundle / "manifest.json").write_text(json.dumps(manifest))
         driver = SOURCE
         words = "the bundle has no frame graph for litert"
+    elif case == "no driver models":
+        bundle = shutil.copytree(bundle, tmp_path / "no-driver")
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest["artifacts"] = [a for a in manifest["artifacts"] if a["target"] != "mediapipe"]
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        driver = SOURCE
+        words = "has no driver models"
+    elif case == "damaged driver model":  # drive runs the bundle's own face models, checked first
+        bundle = shutil.copytree(bundle, tmp_path / "damaged")
+        (bundle / "driver" / "face_landmark.tflite").write_bytes(b"\x00" * 1000)
+        driver = SOURCE
+        words = "driver/face_landmark.tflite does not match manifest.json"
     elif case == "missing precision":
         driver, extra = SOURCE, ["--precision", "int8"]
-        words = "has no int8 artifact (it has: fp32)"
+        words = "has no int8 artifact (it has: fp16, fp32)"
     else:
         driver, out = SOURCE, tmp_path / "out" / "avatar.avi"
         words = "must end in .mp4 or .gif"

@@ -18,35 +18,10 @@ from bilayer_mobile.export.graphs import BakedFrameGraph, FrameGraph, IdentityGr
 from bilayer_mobile.export.onnx_export import OnnxTarget
 from bilayer_mobile.export.targets import TARGETS
 from bilayer_mobile.pipeline import ValidationFailed, export_bundle
+from bilayer_mobile.reference.face_tracking import DRIVER_MODEL_NAMES
 from bilayer_mobile.reference.files import sha256_file, sha256_tree
 from bilayer_mobile.runtime_bench.runners import make_runner
 from bilayer_mobile.runtime_bench.validate import BundleError, validate_bundle
-
-TINY_CONFIG = dict(emb_num_channels=8, emb_max_channels=64, tex_num_channels=8, tex_max_channels=64,
-                   inf_num_channels=4, inf_max_channels=32, pse_num_channels=32, enh_num_channels=8,
-                   enh_max_channels=16)
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    """The default-model recipe (standing statistics, 3 px warp) on a small configuration."""
-    from bilayer_mobile.reference import BilayerConfig
-    from bilayer_mobile.reference.default_model import DefaultModelRecipe, build_default_model
-
-    recipe = DefaultModelRecipe(stats_identities=4, uv_identities=4, with_enhancer=False)
-    # without the enhancer: converting its unrolled steps is slow, and tests/export/test_onnx.py
-    # and test_tflite.py cover the identity graph with the enhancer
-    return build_default_model(BilayerConfig(**TINY_CONFIG), recipe)
-
-
-@pytest.fixture(scope="module")
-def bundle(small_model, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "small"
-    export_bundle(small_model, ExportConfig(out=out, targets=("onnx", "tflite"), precisions=("fp32", "fp16"),
-                                            golden_identities=1, golden_frames=2, calibration_identities=2,
-                                            calibration_frames=2),
-                  "small default model", console=io.StringIO())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +31,7 @@ def mobile_bundle(small_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "mobile"
     export_bundle(small_model, ExportConfig(out=out, targets=("coreml", "executorch", "nnapi"),
                                             precisions=("fp32", "fp16"), graphs=("frame", "baked_frame"),
-                                            golden_identities=1, golden_frames=2),
+                                            golden_identities=1, golden_frames=2, driver_models=False),
                   "small default model", console=io.StringIO(), gpu="off")
     return out
 
@@ -64,8 +39,10 @@ def mobile_bundle(small_model, tmp_path_factory) -> Path:
 def test_manifest_describes_every_file_truthfully(bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     names = {(a["graph"], a["target"], a["precision"]) for a in manifest["artifacts"]}
-    assert names == {(g, t, p) for g in ("identity", "frame", "baked_frame", "split_frame") for t in ("onnx", "tflite")
-                     for p in ("fp32", "fp16")}
+    driver = {(name, "mediapipe", "fp32") for name in DRIVER_MODEL_NAMES}  # the face models, as published
+    assert names == driver | {(g, t, p) for g in ("identity", "frame", "baked_frame", "split_frame")
+                              for t in ("onnx", "tflite") for p in ("fp32", "fp16")}
+    assert set(manifest["driver"]["models"]) == set(DRIVER_MODEL_NAMES) and len(manifest["driver"]["ibug68"]["rows"]) == 68
     # the split graph's shaders are shipped, hashed, and its golden file holds what composites it
     assert set(manifest["shaders"]) == {"shaders/composite.frag", "shaders/composite.wgsl"}
     for rel, entry in manifest["shaders"].items():
@@ -117,7 +94,8 @@ def test_manifest_contracts_are_the_graphs_own(bundle, small_model):
         assert (artifact["inputs"], artifact["outputs"]) == (graph["inputs"], graph["outputs"])
         runner = make_runner(artifact["runtime"], bundle / artifact["file"])
         assert runner.check_contract(artifact["inputs"], artifact["outputs"]) == [], artifact["name"]
-        assert artifact["runtime"] == TARGETS[artifact["target"]].runtime
+        published = artifact["target"] == "mediapipe"  # the driver models, shipped as published
+        assert artifact["runtime"] == ("litert" if published else TARGETS[artifact["target"]].runtime)
     assert manifest["data"]["golden"]["identities"] and manifest["data"]["calibration"]["identities"]
 
 
@@ -129,8 +107,8 @@ def test_manifest_and_report_name_the_machine_of_every_figure(bundle):
     assert machine["kernel_features"] == describe_machine()["kernel_features"]
     assert machine["runtimes"]["onnxruntime"] and machine["runtimes"]["ai-edge-litert"]
     figures = manifest["validation"]["figures"]
-    gpu_runs = {f"{a['name']}@litert_gpu" for a in manifest["artifacts"]
-                if a["target"] == "tflite" and a["graph"] != "identity"}
+    gpu_runs = {f"{a['name']}@litert_gpu" for a in manifest["artifacts"]  # the frame graphs and driver models
+                if a["runtime"] == "litert" and a["graph"] != "identity"}
     shaders = {f"{rel} ({mode} sampling)" for rel in manifest["shaders"] for mode in ("manual", "hardware")}
     assert set(figures) == {a["name"] for a in manifest["artifacts"]} | gpu_runs | shaders
     assert all(f["passed"] for f in figures.values())
@@ -158,11 +136,17 @@ def test_validate_reports_figures_that_moved_from_the_recorded_ones(bundle, tmp_
 def test_validate_passes_and_reports(bundle, capsys):
     assert main(["validate", str(bundle)]) == 0
     out = capsys.readouterr().out
-    assert "fp32 >= 60 dB" in out and "PASS: 16 artifacts in 26 runs" in out
+    # 16 avatar artifacts and 3 driver models; 16 + 3 runs in their runtime, 6 frame graphs and 3
+    # driver models again on the GPU accelerator, 4 shader runs
+    assert "fp32 >= 60 dB" in out and "PASS: 19 artifacts in 32 runs" in out
     report = json.loads((bundle / "reports" / "parity.json").read_text())
     for artifact in report["artifacts"]:
-        gated = "texture" if artifact["graph"] == "identity" else "image"
-        assert float(artifact["outputs"][gated]["psnr_db"]) >= artifact["threshold_db"]
+        gated = {"identity": ["texture"]}.get(artifact["graph"], ["image"])
+        if artifact["graph"] in DRIVER_MODEL_NAMES:
+            gated = artifact["gated_outputs"]
+            assert len(gated) == (2 if "detector" in artifact["graph"] else 1)
+        for name in gated:
+            assert float(artifact["outputs"][name]["psnr_db"]) >= artifact["threshold_db"]
 
 
 def test_tampered_model_is_caught_before_running(bundle, tmp_path, capsys):
@@ -209,14 +193,14 @@ class CrashingOnnx(OnnxTarget):
 
 def test_an_artifact_that_cannot_be_produced_is_rejected_and_a_total_failure_writes_nothing(
         small_model, tmp_path, monkeypatch):
-    small = dict(golden_identities=1, golden_frames=1, calibration_identities=1, calibration_frames=1)
+    small = dict(golden_identities=1, golden_frames=1, calibration_identities=1, calibration_frames=1,
+                 driver_models=False)
     monkeypatch.setitem(TARGETS, "onnx", CrashingOnnx(precisions={"fp16"}))
     result = export_bundle(small_model, ExportConfig(out=tmp_path / "b", targets=("onnx",), precisions=("fp32", "fp16"),
-                                                     **small), "x", console=io.StringIO())
-    assert sorted(result.rejected) == ["baked_frame_fp16_onnx", "frame_fp16_onnx", "identity_fp16_onnx",
-                                       "split_frame_fp16_onnx"]
+                                                     graphs=("identity", "frame"), **small), "x", console=io.StringIO())
+    assert sorted(result.rejected) == ["frame_fp16_onnx", "identity_fp16_onnx"]
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert [a["precision"] for a in manifest["artifacts"]] == ["fp32"] * 4
+    assert [a["precision"] for a in manifest["artifacts"]] == ["fp32"] * 2
     assert all(a["file"] is None and "converter crashed" in a["error"] for a in manifest["rejected"])
     assert "could not be produced (RuntimeError: converter crashed)" in (tmp_path / "b" / "reports" / "parity.md").read_text()
     assert main(["validate", str(tmp_path / "b")]) == 0
@@ -268,19 +252,19 @@ def small_source(small_model, monkeypatch):
 
 def test_a_failing_artifact_is_rejected_and_the_rest_published(small_source, full_int8_as_int8, tmp_path, capsys):
     out = tmp_path / "partial"
-    code = main(["export", "--targets", "onnx", "--precisions", "fp32,int8", "--out", str(out)])
+    code = main(["export", "--targets", "onnx", "--precisions", "fp32,int8", "--graphs", "identity,frame,baked_frame",
+                 "--no-driver-models", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 1
-    assert "FAIL: 3 artifact(s) below their gate" in captured.err and str(out / "rejected") in captured.err
+    assert "FAIL: 2 artifact(s) below their gate" in captured.err and str(out / "rejected") in captured.err
     manifest = json.loads((out / "manifest.json").read_text())
     published = {a["name"] for a in manifest["artifacts"]}
     rejected = {a["name"] for a in manifest["rejected"]}
-    assert published == {"identity_fp32_onnx", "frame_fp32_onnx", "baked_frame_fp32_onnx", "split_frame_fp32_onnx"}
-    assert rejected == {"frame_int8_onnx", "baked_frame_int8_onnx", "split_frame_int8_onnx"}
+    assert published == {"identity_fp32_onnx", "frame_fp32_onnx", "baked_frame_fp32_onnx"}
+    assert rejected == {"frame_int8_onnx", "baked_frame_int8_onnx"}
     assert sorted(p.name for p in (out / "models").iterdir()) == ["baked_frame_fp32.onnx", "frame_fp32.onnx",
-                                                                 "identity_fp32.onnx", "split_frame_fp32.onnx"]
-    assert sorted(p.name for p in (out / "rejected").iterdir()) == ["baked_frame_int8.onnx", "frame_int8.onnx",
-                                                                   "split_frame_int8.onnx"]
+                                                                 "identity_fp32.onnx"]
+    assert sorted(p.name for p in (out / "rejected").iterdir()) == ["baked_frame_int8.onnx", "frame_int8.onnx"]
     figures = manifest["validation"]["figures"]
     assert not figures["frame_int8_onnx"]["passed"] and figures["frame_fp32_onnx"]["passed"]
     parity = (out / "reports" / "parity.md").read_text()
@@ -298,7 +282,8 @@ def test_a_failing_artifact_is_rejected_and_the_rest_published(small_source, ful
 
 def test_strict_export_publishes_nothing(small_source, full_int8_as_int8, tmp_path, capsys):
     out = tmp_path / "strict"
-    code = main(["export", "--targets", "onnx", "--precisions", "int8", "--strict", "--out", str(out)])
+    code = main(["export", "--targets", "onnx", "--precisions", "int8", "--graphs", "frame", "--strict",
+                 "--no-driver-models", "--out", str(out)])
     assert code == 1
     assert "bundle not written (--strict)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["strict.export.log"]
@@ -316,7 +301,7 @@ def test_large_warp_checkpoint_in_the_official_layout_exports_every_fp16_artifac
 
     out = tmp_path / "tiny"
     code = main(["export", str(golden_run), "--no-enhancer", "--targets", "onnx,tflite", "--precisions", "fp16",
-                 "--out", str(out)])
+                 "--no-driver-models", "--out", str(out)])
     err = capsys.readouterr().err
     # fp16 *compute* on the GPU accelerator is another matter for this model: its random weights
     # move the UV by ~1.2 px in fp16 arithmetic (28.6 dB, the same with the warp on the CPU), so the
@@ -363,7 +348,7 @@ def test_a_damaged_manifest_is_one_line_and_exit_2(bundle, tmp_path, capsys, dam
 def test_every_tflite_frame_artifact_is_fully_accelerated_in_the_coverage_report(bundle):
     coverage = json.loads((bundle / "reports" / "coverage.json").read_text())
     entries = {e["artifact"]: e for e in coverage["artifacts"]}
-    frames = [name for name, e in entries.items() if e["graph"] != "identity"]
+    frames = [name for name, e in entries.items() if e["graph"] in ("frame", "baked_frame", "split_frame")]
     assert len(frames) == 6 and coverage["devices"]
     for name in frames:
         gpu, parity = entries[name]["gpu"], entries[name]["gpu_parity"]
@@ -374,6 +359,9 @@ def test_every_tflite_frame_artifact_is_fully_accelerated_in_the_coverage_report
         nnapi = entries[name]["nnapi"]  # the NNAPI rule table takes the fused-warp frame graphs whole
         assert nnapi["whole"] and nnapi["partitions"] == 1 and "not run" in nnapi["checked"], (name, nnapi)
     assert entries["identity_fp32_tflite"]["gpu"] is None  # the identity graph runs once, on the CPU
+    for name in DRIVER_MODEL_NAMES:  # the face models run every frame too: on the GPU, in fp16, right
+        gpu, parity = entries[name]["gpu"], entries[name]["gpu_parity"]
+        assert gpu["fully_accelerated"] and gpu["cpu_ops"] == 0 and parity["passed"], (name, gpu, parity)
     assert (bundle / "reports" / "coverage.png").is_file()
     assert "fully accelerated" in (bundle / "reports" / "coverage.md").read_text()
 
@@ -381,7 +369,7 @@ def test_every_tflite_frame_artifact_is_fully_accelerated_in_the_coverage_report
 def test_the_decomposed_warp_is_reported_as_not_accelerated_naming_gather_nd(small_source, tmp_path, capsys):
     out = tmp_path / "decomposed"
     code = main(["export", "--targets", "tflite", "--precisions", "fp32", "--graphs", "frame", "--warp", "decomposed",
-                 "--out", str(out)])
+                 "--no-driver-models", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     assert [a["warp"] for a in manifest["artifacts"]] == ["decomposed"]

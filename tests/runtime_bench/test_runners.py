@@ -26,3 +26,24 @@ def test_a_directory_named_like_a_package_but_holding_none_is_refused(tmp_path):
     fake.mkdir()
     with pytest.raises(ModelFileError, match="not a saved .mlpackage"):
         make_runner("coreml", fake)
+
+
+def test_a_model_without_a_signature_runs_by_its_tensor_names():
+    """MediaPipe's published models have no signature: the LiteRT runner addresses their tensors
+    by the file's own names, and its default kernels agree with the reference kernels."""
+    import numpy as np
+
+    from bilayer_mobile.reference.face_tracking import FACE_MESH, driver_model_dir, litert_model
+
+    path = driver_model_dir() / FACE_MESH.file
+    runner = make_runner("litert", path)
+    assert runner.signature is None
+    assert runner.input_names == ["input_1"] and runner.output_names == ["conv2d_20", "conv2d_30"]
+    x = np.random.default_rng(0).random((1, 192, 192, 3), dtype=np.float32)
+    out = runner.infer({"input_1": x})
+    reference = litert_model(path, reference_kernels=True)(x)
+    assert out["conv2d_20"].shape == (1, 1, 1, 1404)
+    for name, expected in zip(runner.output_names, reference):
+        assert np.abs(out[name] - expected).max() < 1e-3
+    with pytest.raises(ModelFileError, match="has no signature 'serving_default'; it has none"):
+        RUNNERS["litert"](path, signature="serving_default")
