@@ -16,6 +16,13 @@
   256 px face crop (the official crop is 2x the landmarks' box, so 256 px = 2x the face).
 - `lag_frames`: by how many frames one landmark track trails another (the sub-frame shift
   that best aligns them).
+- `source_identity`, `driven_frames`: the avatar itself, run by the PyTorch reference: a source
+  photo's identity state, and the frames a landmark track drives, as `bilayer-mobile drive` makes
+  them (each frame's keypoints in its own official crop).
+- `driving_psnr_db`: how far the frame driven by one set of landmarks is from the frame driven by
+  another (the image-level effect of a front end's landmark differences).
+- `frame_change_db`, `frame_change_levels`: how much the avatar changes between consecutive
+  frames (of a still face: the image-level jitter).
 """
 from __future__ import annotations
 
@@ -24,9 +31,13 @@ from typing import Callable, Iterator
 
 import cv2
 import numpy as np
+import torch
 
 from ..reference.landmark_filter import inter_ocular_distance
 from ..reference.mesh_to_ibug import REGIONS
+from ..reference.model import BilayerModel, IdentityState
+from ..reference.preprocessing import crop_face, keypoints_in_crop
+from .compare import psnr_db
 
 MODEL_CROP_PX = 256
 
@@ -138,3 +149,46 @@ def track(frames: list[Frame], landmarks_of: Callable[[np.ndarray], np.ndarray |
             raise ValueError("no face in the first frame")
         out.append(last)
     return np.array(out)
+
+
+def source_identity(model: BilayerModel, photo: np.ndarray, landmarks: np.ndarray) -> IdentityState:
+    """The identity state of a source photo, cropped the official way around its 68 `landmarks`
+    (photo pixels) with an all-ones mask and the stickman drawn from the crop's keypoints, as
+    `drive` feeds the identity graph; the state carries the enhanced texture when the model has
+    an enhancer, which the frames then use (as the identity graph's texture output)."""
+    face = crop_face(photo, landmarks, model.config.image_size)
+    return model.init_identity(face.image[None], face.keypoints[None])
+
+
+def driven_frames(model: BilayerModel, state: IdentityState, landmarks: np.ndarray, batch: int = 8) -> np.ndarray:
+    """The avatar frames [T, 3, H, W] (float32 in [-1, 1]) that a landmark track [T, 68, 2]
+    (pixels of the driver frames) drives: each frame's landmarks normalised in that frame's own
+    official crop (`keypoints_in_crop`), rendered by the reference's frame path (low-frequency
+    image + texture warped by the UV field, what the frame graph computes) and clipped to
+    [-1, 1] as for display, before the rounding to 8 bits (so sub-level changes still count)."""
+    keypoints = torch.stack([keypoints_in_crop(points) for points in np.asarray(landmarks, np.float32)])
+    images = [model.render(state, keypoints[k : k + batch]).image.clamp(-1, 1) for k in range(0, len(keypoints), batch)]
+    return torch.cat(images).numpy()
+
+
+def driving_psnr_db(model: BilayerModel, state: IdentityState, reference: np.ndarray, landmarks: np.ndarray) -> float:
+    """PSNR (dB, `compare.psnr_db`: peak from the reference frame's range) of the frame that
+    `landmarks` [68, 2] drive against the frame that `reference` landmarks of the same driver
+    frame drive: what a front end's landmark differences (e.g. mapped mesh against dlib) do to
+    the avatar's image. inf when both give the same frame."""
+    frames = driven_frames(model, state, np.stack([reference, landmarks]))
+    return psnr_db(frames[0], frames[1])
+
+
+def frame_change_db(frames: np.ndarray) -> float:
+    """Mean PSNR (dB) between consecutive frames [T, 3, H, W] (each frame the reference of the
+    next): high when the avatar barely changes from frame to frame, as a still face's avatar
+    should; inf when any pair is identical (a frozen frame)."""
+    return float(np.mean([psnr_db(a, b) for a, b in zip(frames[:-1], frames[1:])]))
+
+
+def frame_change_levels(frames: np.ndarray) -> float:
+    """Mean absolute change of the pixel values between consecutive frames [T, 3, H, W] in
+    [-1, 1], in 8-bit grey levels (1 level = 2 / 255): the image-level jitter in the units a
+    viewer sees."""
+    return float(np.abs(np.diff(np.asarray(frames, np.float64), axis=0)).mean() * 255 / 2)
