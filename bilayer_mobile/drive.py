@@ -34,8 +34,7 @@ from bilayer_mobile.reference.mesh_to_ibug import Row, ibug68_from_mesh
 from bilayer_mobile.reference.preprocessing import (crop_box, crop_face, draw_stickmen, keypoints_in_crop, load_rgb,
                                                     tensor_to_image)
 from bilayer_mobile.runtime_bench.runner import Runner
-from bilayer_mobile.runtime_bench.runners import make_runner
-from bilayer_mobile.runtime_bench.validate import BundleError, check_integrity, load_manifest
+from bilayer_mobile.runtime_bench.validate import BundleError, check_integrity, load_artifact, load_manifest
 
 # The runtime a user names -> the bundle target whose artifacts it runs.
 RUNTIME_TARGETS = {"litert": "tflite", "onnxruntime": "onnx", "executorch": "executorch"}
@@ -112,7 +111,7 @@ class BundleFrontEnd:
 def _model_call(runner: Runner) -> ModelCall:
     """A runner as the tracker calls a model: one input array in, the outputs in the file's order."""
     (name,) = runner.input_names
-    return lambda x: [out for out in runner.infer({name: x}).values()]
+    return lambda x: list(runner.infer({name: x}).values())
 
 
 def bundle_front_end(bundle: Path, manifest: dict, times: StageTimes) -> BundleFrontEnd:
@@ -125,11 +124,7 @@ def bundle_front_end(bundle: Path, manifest: dict, times: StageTimes) -> BundleF
     check_integrity(bundle, {"artifacts": list(entries.values()), "golden": manifest["golden"]})
     calls = {}
     for name, entry in entries.items():
-        runner = make_runner(entry["runtime"], bundle / entry["file"])
-        problems = runner.check_contract(entry["inputs"], entry["outputs"])
-        if problems:
-            raise BundleError(f"{entry['file']} does not honour its contract in manifest.json: {'; '.join(problems)}")
-        calls[name] = _model_call(runner)
+        calls[name] = _model_call(load_artifact(bundle, entry))
     short, full, mesh = (calls[name] for name in DRIVER_MODEL_NAMES)
     try:
         table = tuple(tuple((int(v), float(w)) for v, w in row) for row in driver["ibug68"]["rows"])
@@ -252,12 +247,12 @@ def run_drive(job: DriveJob, progress=None) -> dict:
         raise NoFaceError(f"no face found in the source image {job.source}; use a photo with one clearly visible, "
                           "roughly frontal face")
     face = crop_face(source, source_points, size)
-    identity_runner = make_runner(identity["runtime"], job.bundle / identity["file"])
+    identity_runner = load_artifact(job.bundle, identity)
     state = identity_runner.infer({"source_image": face.image[None].numpy(),
                                    "source_stickman": draw_stickmen(face.keypoints[None], size).numpy(),
                                    "source_keypoints": face.keypoints[None].numpy(),
                                    "source_mask": np.ones((1, 1, size, size), np.float32)})
-    frame_runner = make_runner(frame_graph["runtime"], job.bundle / frame_graph["file"])
+    frame_runner = load_artifact(job.bundle, frame_graph)
 
     tracker, smoother = FaceTracker(models), LandmarkFilter(job.filter or front_end.filter)
     avatar, side_by_side = [], []

@@ -114,9 +114,8 @@ def write_driver_models(directory: Path) -> tuple[list[dict], dict[str, dict], d
     """Copy the published models into `directory`/driver, write their golden vectors; return
     their artifact entries, the golden files' entries and the manifest's `driver` section."""
     published = driver_model_dir()
-    reference = DriverModels(*(litert_model(published / c.spec.file, reference_kernels=True) for c in COMPONENTS))
-    feeds = golden_feeds(reference)
-    calls = dict(zip((c.name for c in COMPONENTS), (reference.short_range, reference.full_range, reference.mesh)))
+    calls = {c.name: litert_model(published / c.spec.file, reference_kernels=True) for c in COMPONENTS}
+    feeds = golden_feeds(DriverModels(*calls.values()))  # COMPONENTS is in DriverModels' order
     artifacts, golden = [], {}
     for component in COMPONENTS:
         source = published / component.spec.file

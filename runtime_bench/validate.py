@@ -35,6 +35,7 @@ from .compare import (FIGURE_DRIFT_DB, FIGURE_DRIFT_UV_PX, FIGURE_PSNR_CEILING_D
                       RUNTIME_COMPUTE_PRECISION, OutputComparison, compare_output, gate_precision, warp_px)
 from .machine import describe_machine
 from .results import ArtifactResult
+from .runner import Runner
 from .runners import RuntimeUnavailable, make_runner
 
 # The manifest layout this reader understands (export/bundle.py writes it).
@@ -121,6 +122,16 @@ def check_integrity(bundle: Path, manifest: dict, include_rejected: bool = False
                 )
 
 
+def load_artifact(bundle: Path, artifact: dict, runtime: str | None = None) -> Runner:
+    """The artifact's model loaded in `runtime` (default: the one its manifest entry names),
+    its boundary held against the contract the manifest declares for it."""
+    runner = make_runner(runtime or artifact["runtime"], Path(bundle) / artifact["file"])
+    problems = runner.check_contract(artifact["inputs"], artifact["outputs"])
+    if problems:
+        raise BundleError(f"{artifact['file']} does not honour its contract in manifest.json: {'; '.join(problems)}")
+    return runner
+
+
 def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | None = None,
                  samples: int | None = None) -> tuple[ArtifactResult, dict]:
     """Run one artifact on its golden samples (the first `samples` of them when given) in
@@ -133,10 +144,7 @@ def run_artifact(bundle: Path, artifact: dict, image_size: int, runtime: str | N
                           f"(gated: {', '.join(THRESHOLDS_DB)}); re-export it with a shipping precision")
     runtime = runtime or artifact["runtime"]
     gate = gate_precision(precision, runtime)
-    runner = make_runner(runtime, Path(bundle) / artifact["file"])
-    problems = runner.check_contract(artifact["inputs"], artifact["outputs"])
-    if problems:
-        raise BundleError(f"{artifact['file']} does not honour its contract in manifest.json: {'; '.join(problems)}")
+    runner = load_artifact(bundle, artifact, runtime)
     try:
         with np.load(Path(bundle) / artifact["golden"], allow_pickle=False) as golden:
             data = {k: golden[k] for k in golden.files}

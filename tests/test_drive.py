@@ -89,6 +89,15 @@ def test_frames_without_a_face_keep_the_last_landmarks_and_are_counted(bundle, c
     assert len(list(iio.imiter(out, plugin="FFMPEG"))) == 3
 
 
+def copy_keeping(bundle: Path, copy: Path, keep) -> Path:
+    """A copy of `bundle` whose manifest lists only the artifacts `keep` accepts."""
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if keep(a)]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
 @pytest.mark.parametrize("case", ["no face", "not a video", "no frame graph", "no driver models",
                                   "damaged driver model", "missing precision", "bad suffix"])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(bundle, tmp_path, capsys, case):
@@ -102,17 +111,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(bundle, tmp_path, capsy
         driver.write_bytes(b"\x00\x01 not a video" * 50)
         words = "cannot read driver video"
     elif case == "no frame graph":
-        bundle = shutil.copytree(bundle, tmp_path / "identity-only")
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["artifacts"] = [a for a in manifest["artifacts"] if a["graph"] != "frame"]
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        bundle = copy_keeping(bundle, tmp_path / "identity-only", lambda a: a["graph"] != "frame")
         driver = SOURCE
         words = "the bundle has no frame graph for litert"
     elif case == "no driver models":
-        bundle = shutil.copytree(bundle, tmp_path / "no-driver")
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        manifest["artifacts"] = [a for a in manifest["artifacts"] if a["target"] != "mediapipe"]
-        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        bundle = copy_keeping(bundle, tmp_path / "no-driver", lambda a: a["target"] != "mediapipe")
         driver = SOURCE
         words = "has no driver models"
     elif case == "damaged driver model":  # drive runs the bundle's own face models, checked first
