@@ -331,23 +331,81 @@ def _add_gpu_arg(parser) -> None:
 
 
 def cmd_bench(args) -> int:
+    from bilayer_mobile.bench import BenchJob, StageJob, run_bench
     from bilayer_mobile.console import converter_chatter_to
-    from bilayer_mobile.runtime_bench.benchmark import benchmark_bundles, benchmark_markdown, write_benchmark
-    from bilayer_mobile.runtime_bench.machine import describe_machine
+    from bilayer_mobile.runtime_bench.benchmark import BenchSettings
 
-    for bundle in args.bundles:
-        if not (bundle / "manifest.json").is_file():
-            raise InputError(f"{bundle} is not a bundle (no manifest.json); pass directories written by `export`")
-    with converter_chatter_to(args.out / "bench.log") as console:  # the runtimes' native output
-        log = lambda line: print(f"\rbench: {line}", end="", file=console, flush=True)
-        timings = benchmark_bundles(args.bundles, _csv(args.graphs), _csv(args.precisions), args.threads,
-                                    args.runs, args.warmup, progress=log)
+    if not (args.bundle / "manifest.json").is_file():
+        raise InputError(f"{args.bundle} is not a bundle (no manifest.json); pass a directory written by `export`")
+    settings = BenchSettings(threads=args.threads, runs=args.runs, identity_runs=args.identity_runs, warmup=args.warmup,
+                             graphs=_csv(args.graphs), precisions=_csv(args.precisions), runtimes=_csv(args.runtimes),
+                             single_thread=not args.no_single_thread, reference_modes=_csv(args.reference_modes),
+                             memory=not args.no_memory)
+    stages = None
+    if not args.no_stages:
+        from bilayer_mobile.drive import RUNTIME_TARGETS
+
+        if args.stage_runtime not in RUNTIME_TARGETS:
+            raise InputError(f"--stage-runtime {args.stage_runtime!r} is not one of {', '.join(RUNTIME_TARGETS)}")
+        drivers = tuple(args.driver) or (_packaged_photo("target.jpg"),) * args.stage_frames  # a still face
+        stages = StageJob(args.source or _packaged_photo("source.jpg"), drivers, args.stage_runtime, args.stage_frames,
+                          dlib=not args.no_dlib)
+    android = _android_config(args) if args.android else None
+    out = args.out or args.bundle / "reports"
+    job = BenchJob(args.bundle, out, settings, stages, android, roofline=not args.no_roofline, compare=args.compare)
+    model = None if args.no_reference else _model_source(args).load()
+    with converter_chatter_to(out / "bench.log") as console:  # the runtimes' native output
+        log = lambda line: print(f"\rbench: {line[:100]:100s}", end="", file=console, flush=True)
+        document, markdown = run_bench(job, model, progress=log)
         print(file=console)
-    if not timings:
-        raise InputError(f"no artifact of graphs {args.graphs} at precisions {args.precisions} in {', '.join(map(str, args.bundles))}")
-    write_benchmark(args.out, timings, args.threads)
-    print(benchmark_markdown(timings, describe_machine(), args.threads))
-    return 0
+    print(markdown)
+    print(f"bench: {out / 'latency.md'} ({len(document['records'])} records; every run in {out / 'latency.json'})",
+          file=sys.stderr)
+    regressions = (document.get("compare") or {}).get("regressions")
+    return 1 if regressions else 0
+
+
+def _add_android_args(parser) -> None:
+    group = parser.add_argument_group("Android over adb (binaries you provide; nothing is downloaded)")
+    group.add_argument("--android", action="store_true",
+                       help="also run the bundle's .tflite frame graphs on the attached phone with LiteRT's benchmark_model "
+                            "(no phone attached: said in the report, exit 0)")
+    group.add_argument("--benchmark-model", type=Path, help="host path of LiteRT's benchmark_model built for the phone's ABI")
+    group.add_argument("--executor-runner", type=Path,
+                       help="host path of ExecuTorch's executor_runner for the phone (then the .pte programs run too)")
+    group.add_argument("--adb", default="adb", help="adb executable (default: adb on PATH)")
+    group.add_argument("--serial", help="device serial when several are attached (adb -s)")
+    group.add_argument("--delegates", default="cpu,gpu,nnapi", help="comma-separated: cpu (XNNPACK), gpu, nnapi (default all)")
+    group.add_argument("--android-graphs", default="frame,baked_frame", help="graphs run on the phone (default frame,baked_frame)")
+    group.add_argument("--android-threads", type=_positive_int, default=4, help="CPU threads on the phone (default 4)")
+    group.add_argument("--android-runs", type=_positive_int, default=50, help="timed runs per delegate (default 50)")
+    group.add_argument("--android-warmup", type=_non_negative_int, default=5, help="warm-up runs (default 5)")
+    group.add_argument("--taskset", metavar="MASK", help="pin to these cores, e.g. f0 for the big cores of a 4+4 SoC")
+    group.add_argument("--gpu-fp32", action="store_true", help="disallow the GPU delegate's fp16 (default: fp16 allowed)")
+    group.add_argument("--op-profiling", action="store_true", help="per-op timings from benchmark_model (in the saved outputs)")
+
+
+def _android_config(args):
+    from bilayer_mobile.bench import AndroidJob
+    from bilayer_mobile.runtime_bench.android import AndroidBenchmark
+
+    if args.benchmark_model is None:
+        raise InputError("--android needs --benchmark-model PATH: LiteRT's benchmark_model for the phone's ABI "
+                         "(built from LiteRT's tflite/tools/benchmark or taken from its releases; this tool downloads nothing)")
+    for path in (args.benchmark_model, args.executor_runner):
+        if path is not None and not path.is_file():
+            raise InputError(f"{path} does not exist; give the host path of the binary built for the phone")
+    config = AndroidBenchmark(benchmark_model=args.benchmark_model, executor_runner=args.executor_runner, adb=args.adb,
+                              serial=args.serial, threads=args.android_threads, warmup_runs=args.android_warmup,
+                              num_runs=args.android_runs, cpu_mask=args.taskset,
+                              gpu_precision_loss_allowed=not args.gpu_fp32, op_profiling=args.op_profiling)
+    return AndroidJob(config, _csv(args.delegates), _csv(args.android_graphs))
+
+
+def _packaged_photo(name: str) -> Path:
+    from bilayer_mobile.reference.face_samples import photo_path
+
+    return photo_path(name)
 
 
 def cmd_coverage(args) -> int:
@@ -537,25 +595,60 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--write-reports", action="store_true", help="rewrite reports/coverage.{md,json}")
     coverage.set_defaults(func=cmd_coverage)
 
-    bench = sub.add_parser("bench", help="host latency of bundle artifacts side by side (LiteRT/XNNPACK, onnxruntime)",
-                           description="Time every frame-graph artifact of one or more bundles in its CPU runtime "
-                                       "(TFLite: LiteRT with XNNPACK, default and with its latest features; ONNX: "
-                                       "onnxruntime), interleaved round-robin with the same thread count and a "
-                                       "pause between calls, and write "
-                                       "benchmark.{md,json,png} (the runtimes' own output in bench.log). Host numbers for comparing artifacts; lavapipe GPU "
-                                       "runs are never timed.")
-    bench.add_argument("bundles", type=Path, nargs="+", help="bundle directories written by `export`")
-    bench.add_argument("--graphs", default="frame,baked_frame", help="comma-separated graphs (default frame,baked_frame)")
-    bench.add_argument("--precisions", default="fp32", help="comma-separated precisions (default fp32)")
+    bench = sub.add_parser(
+        "bench", help="latency: every artifact side by side on the host, stages of a driven frame, phones over adb",
+        description="Time a bundle's frame, baked frame and identity artifacts in every CPU runtime they have here "
+                    "(LiteRT with XNNPACK at 1 and N threads, onnxruntime, ExecuTorch) beside the PyTorch reference "
+                    "(eager, channels-last, torch.compile), interleaved round-robin with a pause between calls; "
+                    "min/p50/p90/p99, spread, peak memory, size, MACs and GFLOP/s against the machine's fp32 GEMM "
+                    "rate (measured before and after); the stages of a driven frame; Android phones over adb with "
+                    "the user's LiteRT benchmark_model (--android); a roofline estimate for phone GPUs. Writes "
+                    "latency.{json,md} and plots to OUT (default BUNDLE/reports). Sets OMP_WAIT_POLICY=PASSIVE "
+                    "unless it is set. Host numbers compare artifacts on one machine; lavapipe GPU runs are never timed.")
+    bench.add_argument("bundle", type=Path, help="a bundle directory written by `export`")
+    _add_model_args(bench, positional=False)
+    bench.add_argument("--no-reference", action="store_true",
+                       help="do not time the PyTorch reference (and no roofline; no model is loaded)")
+    bench.add_argument("--graphs", default="frame,baked_frame,identity",
+                       help="comma-separated graphs (default frame,baked_frame,identity; also split_frame)")
+    bench.add_argument("--precisions", default="fp32,fp16,int8_dynamic,int8", help="comma-separated precisions (default all four)")
+    bench.add_argument("--runtimes", default="litert,onnxruntime,executorch", help="comma-separated runtimes (default all three)")
+    bench.add_argument("--reference-modes", default="eager,channels_last,compile",
+                       help="PyTorch reference modes for the frame (default eager,channels_last,compile)")
     bench.add_argument("--threads", type=_positive_int, default=2, help="threads per runtime (default 2)")
-    bench.add_argument("--runs", type=_positive_int, default=30, help="timed runs per artifact (default 30)")
-    bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed runs first (default 3)")
-    bench.add_argument("--out", type=Path, required=True, help="directory for benchmark.{md,json,png} and bench.log")
+    bench.add_argument("--no-single-thread", action="store_true", help="do not also time LiteRT at 1 thread")
+    bench.add_argument("--runs", type=_positive_int, default=30, help="timed rounds of the frame graphs (default 30)")
+    bench.add_argument("--identity-runs", type=_non_negative_int, default=5,
+                       help="timed rounds of the identity graphs (default 5; 0 skips them)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=3, help="untimed calls first (default 3)")
+    bench.add_argument("--no-memory", action="store_true", help="do not measure each artifact's peak memory")
+    bench.add_argument("--no-stages", action="store_true", help="do not time the stages of a driven frame")
+    bench.add_argument("--source", type=Path, help="source photo of the stage breakdown (default: the packaged source.jpg)")
+    bench.add_argument("--driver", type=Path, nargs="+", default=[],
+                       help="driver video or images of the stage breakdown (default: the packaged target.jpg, still)")
+    bench.add_argument("--stage-runtime", default="litert", help="runtime of the graphs in the stage breakdown (default litert)")
+    bench.add_argument("--stage-frames", type=_positive_int, default=60, help="driver frames timed (default 60)")
+    bench.add_argument("--no-dlib", action="store_true", help="do not time dlib's landmarks beside the mesh")
+    bench.add_argument("--no-roofline", action="store_true", help="do not estimate phone GPU latency from the roofline")
+    bench.add_argument("--compare", type=Path, metavar="OLD.json",
+                       help="flag records slower than in an earlier latency.json by more than 5%% and the runs' spread (exit 1)")
+    bench.add_argument("--out", type=Path, help="report directory (default BUNDLE/reports)")
+    _add_android_args(bench)
     bench.set_defaults(func=cmd_bench)
     return parser
 
 
+def _passive_openmp_for_bench(argv: list[str] | None) -> None:
+    """Re-execute `bench` with OMP_WAIT_POLICY=PASSIVE unless the user set a policy: OpenMP reads
+    it once, when torch loads, and its default spin-wait distorts eager torch's timings under load.
+    Only from the real command line (a caller of `main(argv)` owns its process)."""
+    if argv is None and sys.argv[1:2] == ["bench"] and "OMP_WAIT_POLICY" not in os.environ:
+        os.execve(sys.executable, [sys.executable, "-m", "bilayer_mobile.cli", *sys.argv[1:]],
+                  {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
 def main(argv: list[str] | None = None) -> int:
+    _passive_openmp_for_bench(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -61,9 +61,10 @@ class DriveJob:
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, summed over frames."""
+    """Seconds spent per stage, summed over frames, and each call's milliseconds."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -71,7 +72,9 @@ class StageTimes:
         try:
             yield
         finally:
-            self.seconds[stage] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds[stage] += elapsed
+            self.calls_ms[stage].append(elapsed * 1e3)
 
     def timed(self, stage: str, call: ModelCall) -> ModelCall:
         def run(x):

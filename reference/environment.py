@@ -6,7 +6,7 @@ import importlib.metadata
 import sys
 
 TOOLCHAIN_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxslim", "litert-torch", "ai-edge-litert",
-                      "ai-edge-quantizer", "tensorflow")
+                      "ai-edge-quantizer", "tensorflow", "executorch", "coremltools")
 
 
 def toolchain_versions() -> dict[str, str]:

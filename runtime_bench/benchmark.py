@@ -1,156 +1,347 @@
-"""Host latency of bundle artifacts, side by side in one run (`bilayer-mobile bench`, `make bench`).
+"""Host latency of a bundle's artifacts and of the PyTorch reference, side by side in one run.
 
-Every artifact is timed in its own CPU runtime (LiteRT with XNNPACK, onnxruntime) with the same
-thread count, on its first golden sample. The runs are interleaved round-robin (one timed call
-of each artifact per round) so that whatever else the machine does affects all of them alike,
-with a pause between calls: onnxruntime's worker threads spin for a while after a run, and
-would otherwise slow whatever runs next (measured: a LiteRT graph timed right after an
-onnxruntime run took 42 ms instead of 25 ms). LiteRT runs in two configurations: its default
-and with XNNPACK's latest features. The report gives p50, p90 and the spread. Timings are host
-numbers for comparing artifacts with each other on one machine, not phone numbers (phones:
-Android over adb, not here). Nothing is asserted about time in tests: numbers live in the
-reports this writes and in docs/.
+Every contestant (an artifact in one runtime configuration, or the reference network in one
+PyTorch mode) is loaded, run `warmup` times, then timed in rounds: one call of each contestant
+per round, with a pause between calls, so that whatever else the machine does in that time hits
+all of them alike. The pause is there because onnxruntime's worker threads spin for a while
+after a run and slowed whatever ran next (a LiteRT graph timed right after an onnxruntime run
+took 42 ms instead of 25 ms). The frame graphs and the (seconds-long) identity graphs are timed
+in separate groups with their own number of rounds.
+
+Thread counts are explicit: LiteRT's XNNPACK at 1 and N threads, onnxruntime's intra-op pool at
+N (inter-op 1), ExecuTorch's threadpool at N, torch at N. Eager torch's OpenMP threads spin-wait
+between parallel regions unless `OMP_WAIT_POLICY=PASSIVE`; the policy in effect is recorded with
+the numbers (`bilayer-mobile bench` sets PASSIVE unless told otherwise).
+
+Peak memory is measured per artifact in a fresh process of its own (`own_process.OwnProcess`):
+the runtime is imported and touched once, the kernel's resident high-water mark is reset
+(`/proc/self/clear_refs`), the model is loaded and run, and the new high-water mark minus the
+resident size before loading is what the model and its calls added (Linux only; elsewhere None).
+
+These are host numbers, for comparing artifacts and runtimes on one machine; phones are timed
+over adb (`android.py`). Nothing is asserted about time in tests.
 """
 from __future__ import annotations
 
-import json
-import statistics
+import copy
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
-from ..reference.files import atomic_write, write_text_atomic
+from ..reference.model import BilayerModel
+from ..reference.summary import pipeline_macs
+from .latency import LatencyRecord
 from .litert_runner import LiteRtRunner
-from .machine import describe_machine, machine_line
-from .onnxruntime_runner import OnnxRuntimeRunner
 from .native_output import native_output_captured
-from .validate import check_format, check_integrity, load_manifest
+from .onnxruntime_runner import OnnxRuntimeRunner
+from .own_process import OwnProcess
+from .validate import BundleError
 
-
+FRAME_GRAPHS = ("frame", "baked_frame", "split_frame")
+IDENTITY_GRAPHS = ("identity",)
+RUNTIMES = ("litert", "onnxruntime", "executorch")
+REFERENCE_MODES = ("eager", "channels_last", "compile")
 PAUSE_S = 0.2  # between timed calls: longer than onnxruntime's spin-wait after a run
 
 
-def _runtime_label(runtime: str, configuration: str) -> str:
-    return runtime if configuration == "default" else f"{runtime} ({configuration})"
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one benchmark run times, and how."""
+
+    threads: int = 2
+    runs: int = 30  # timed rounds of the frame graphs
+    identity_runs: int = 5  # timed rounds of the identity graphs (seconds each)
+    warmup: int = 3
+    pause_s: float = PAUSE_S
+    graphs: tuple[str, ...] = ("frame", "baked_frame", "identity")
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8_dynamic", "int8")
+    runtimes: tuple[str, ...] = RUNTIMES
+    single_thread: bool = True  # LiteRT at 1 thread as well
+    reference_modes: tuple[str, ...] = REFERENCE_MODES
+    memory: bool = True
+
+    def as_dict(self) -> dict:
+        return {"threads": self.threads, "runs": self.runs, "identity_runs": self.identity_runs,
+                "warmup": self.warmup, "pause_s": self.pause_s, "graphs": list(self.graphs),
+                "precisions": list(self.precisions), "runtimes": list(self.runtimes),
+                "single_thread": self.single_thread, "reference_modes": list(self.reference_modes),
+                "memory": self.memory, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP default)"),
+                "torch_threads": torch.get_num_threads()}
+
+
+# ------------------------------------------------------------------------------ runtimes
+def open_runner(runtime: str, path: Path, threads: int):
+    """A runner of `runtime` for `path` with `threads` threads (the benchmark's one place that
+    sets a runtime's threads)."""
+    if runtime == "litert":
+        return LiteRtRunner(path, num_threads=threads)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeRunner(path, intra_op_threads=threads)
+    if runtime == "executorch":
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        from .executorch_runner import ExecutorchRunner
+
+        _unsafe_reset_threadpool(threads)  # process-wide: every program in this run uses it
+        return ExecutorchRunner(path)
+    raise ValueError(f"no benchmark runner for runtime {runtime!r} (timed: {', '.join(RUNTIMES)})")
+
+
+def configurations(runtime: str, settings: BenchSettings) -> list[tuple[str, int]]:
+    """(configuration in words, threads) for each way `runtime` is timed."""
+    n = settings.threads
+    if runtime == "litert":
+        counts = sorted({1, n}) if settings.single_thread else [n]
+        return [(f"XNNPACK, {t} thread{'s' if t > 1 else ''}", t) for t in counts]
+    if runtime == "onnxruntime":
+        return [(f"CPU provider, {n} intra-op threads", n)]
+    if runtime == "executorch":
+        return [(f"XNNPACK delegate, {n}-thread pool", n)]
+    raise ValueError(f"no benchmark configuration for runtime {runtime!r}")
+
+
+def golden_feed(bundle: Path, artifact: dict) -> dict[str, np.ndarray]:
+    """The artifact's inputs of its first golden sample."""
+    with np.load(Path(bundle) / artifact["golden"], allow_pickle=False) as golden:
+        return {i["name"]: golden[i["name"]][0] for i in artifact["inputs"]}
 
 
 @dataclass
-class Timing:
-    """The latency of one artifact in one runtime: every run (ms) and its summary."""
+class Contestant:
+    """One thing timed: a name, a zero-argument call, and what the record says about it."""
 
-    bundle: str
-    artifact: str
-    graph: str
-    precision: str
-    runtime: str
-    configuration: str  # how the runtime was set up: "default", "XNNPACK latest features"
-    warp: str | None
+    call: Callable[[], object]
+    record: dict  # LatencyRecord fields other than the runs
     runs_ms: list[float] = field(default_factory=list)
 
-    @property
-    def p50_ms(self) -> float:
-        return float(np.percentile(self.runs_ms, 50))
-
-    @property
-    def p90_ms(self) -> float:
-        return float(np.percentile(self.runs_ms, 90))
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.update(p50_ms=round(self.p50_ms, 2), p90_ms=round(self.p90_ms, 2),
-                 stdev_ms=round(statistics.pstdev(self.runs_ms), 2), runs_ms=[round(x, 2) for x in self.runs_ms])
-        return d
+    def to_record(self) -> LatencyRecord:
+        return LatencyRecord.from_runs(self.runs_ms, **self.record)
 
 
-# The configurations timed for each artifact of a runtime: (name, how to make its runner).
-CONFIGURATIONS = {
-    "litert": (("default", lambda path, threads: LiteRtRunner(path, num_threads=threads)),
-               ("XNNPACK latest features",
-                lambda path, threads: LiteRtRunner(path, num_threads=threads, xnnpack_latest_features=True))),
-    "onnxruntime": (("default", lambda path, threads: OnnxRuntimeRunner(path, intra_op_threads=threads)),),
-}
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, (time.perf_counter() - start) * 1e3
 
 
-def _load_and_warm_up(bundles, graphs, precisions, threads: int, warmup: int) -> list[tuple]:
-    """(runner, prepared feed, Timing) for each artifact and runtime configuration, each run
-    `warmup` times."""
-    entries = []
-    for bundle in bundles:
-        manifest = load_manifest(bundle)
-        check_format(manifest, bundle)
-        check_integrity(bundle, manifest)
-        for a in manifest["artifacts"]:
-            if a["graph"] in graphs and a["precision"] in precisions and a["runtime"] in CONFIGURATIONS:
-                with np.load(Path(bundle) / a["golden"]) as golden:
-                    feed = {i["name"]: golden[i["name"]][0] for i in a["inputs"]}
-                for configuration, make_runner in CONFIGURATIONS[a["runtime"]]:
-                    runner = make_runner(Path(bundle) / a["file"], threads)
-                    timing = Timing(str(bundle), a["name"], a["graph"], a["precision"], a["runtime"], configuration,
-                                    a.get("warp"))
-                    entries.append((runner, runner.prepare(feed), timing))
-    for _ in range(warmup):
-        for runner, feed, _timing in entries:
-            runner._infer(feed)
-    return entries
+def artifact_contestants(bundle: Path, manifest: dict, settings: BenchSettings, macs: dict[str, int],
+                         progress=None) -> list[Contestant]:
+    """A loaded, prepared contestant for every published artifact the settings select, in every
+    configuration of its runtime; load time and first call recorded."""
+    contestants = []
+    for artifact in manifest["artifacts"]:
+        if not (artifact["graph"] in settings.graphs and artifact["precision"] in settings.precisions
+                and artifact["runtime"] in settings.runtimes):
+            continue
+        path = Path(bundle) / artifact["file"]
+        feed = golden_feed(bundle, artifact)
+        for configuration, threads in configurations(artifact["runtime"], settings):
+            if progress:
+                progress(f"loading {artifact['name']} ({configuration})")
+            with native_output_captured():  # the runtimes' banners: to the log, not the console
+                runner, load_ms = _timed(lambda: open_runner(artifact["runtime"], path, threads))
+                prepared = runner.prepare(feed)
+                _, first_ms = _timed(lambda: runner._infer(prepared))
+            contestants.append(Contestant(
+                call=lambda runner=runner, prepared=prepared: runner._infer(prepared),  # the prepared feed: time the runtime
+                record=dict(name=f"{artifact['name']} @ {artifact['runtime']} {configuration}", kind="artifact",
+                            graph=artifact["graph"], precision=artifact["precision"], runtime=artifact["runtime"],
+                            configuration=configuration, threads=threads, artifact=artifact["name"],
+                            model_bytes=artifact.get("size_bytes"), macs=macs.get(artifact["graph"]),
+                            load_ms=load_ms, first_run_ms=first_ms, device="host",
+                            notes=[f"warp: {artifact['warp']}"] if artifact.get("warp") else [])))
+    return contestants
 
 
-def benchmark_bundles(bundles: list[Path], graphs: tuple[str, ...], precisions: tuple[str, ...], threads: int,
-                      runs: int, warmup: int, progress=None, pause_s: float = PAUSE_S) -> list[Timing]:
-    """Time every published artifact of `graphs` x `precisions` in `bundles`, interleaved, with
-    `pause_s` between calls."""
-    with native_output_captured():  # the runtimes' C++ banners and notices: to the log, not the console
-        entries = _load_and_warm_up(bundles, graphs, precisions, threads, warmup)
-    time.sleep(pause_s)
-    for k in range(runs):
-        for runner, feed, timing in entries:
-            start = time.perf_counter()
-            runner._infer(feed)  # the prepared feed: time the runtime, not the feed check
-            timing.runs_ms.append((time.perf_counter() - start) * 1e3)
-            time.sleep(pause_s)
-        if progress:
-            progress(f"round {k + 1}/{runs}")
-    return [t for _, _, t in entries]
+# ------------------------------------------------------------------------------ the reference
+def check_model_matches(model: BilayerModel, manifest: dict) -> None:
+    """Refuse to time a reference that is not the model the bundle was exported from."""
+    import dataclasses
+
+    declared = manifest.get("model", {}).get("config")
+    if declared != dataclasses.asdict(model.config):
+        raise BundleError("the model given does not have the configuration the bundle was exported from "
+                          f"({manifest.get('model', {}).get('source', 'unknown source')}); pass the bundle's own "
+                          "--checkpoint RUN_DIR (or none for the built-in default model)")
 
 
-def benchmark_markdown(timings: list[Timing], machine: dict, threads: int) -> str:
-    """The side-by-side table, fastest first within each graph and precision."""
-    lines = ["# Host latency, side by side", "", f"Machine: {machine_line(machine)}; {threads} threads per runtime; "
-             f"{len(timings[0].runs_ms) if timings else 0} interleaved runs each.", "",
-             "| graph | precision | runtime | warp | p50 (ms) | p90 (ms) | artifact (bundle) |", "|---|---|---|---|---|---|---|"]
-    for t in sorted(timings, key=lambda t: (t.graph, t.precision, t.p50_ms)):
-        lines.append(f"| {t.graph} | {t.precision} | {_runtime_label(t.runtime, t.configuration)} | {t.warp or '-'} | {t.p50_ms:.1f} | {t.p90_ms:.1f} | "
-                     f"{t.artifact} ({Path(t.bundle).name}) |")
-    lines += ["", "![p50 latency per artifact](benchmark.png)", ""]
-    return "\n".join(lines)
+def graph_macs(model: BilayerModel) -> dict[str, int]:
+    """Multiply-accumulates of one call of each graph (batch 1), counted on the reference: the
+    frame graphs all do the frame's work (the baked graph has the adaptive parameters folded in,
+    the split graph stops before the warp, which FlopCounterMode does not count)."""
+    totals = pipeline_macs(model)
+    return {"identity": totals["identity"], "frame": totals["frame"], "baked_frame": totals["frame"],
+            "split_frame": totals["frame"]}
 
 
-def plot_timings(timings: list[Timing], path: Path) -> None:
-    """Box plot of every artifact's runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ordered = sorted(timings, key=lambda t: (t.graph, t.precision, t.p50_ms))
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(ordered) + 1.2))
-    ax.boxplot([t.runs_ms for t in ordered], vert=False, showfliers=False)
-    ax.set_yticks(range(1, len(ordered) + 1),
-                  [f"{t.graph} {t.precision} {_runtime_label(t.runtime, t.configuration)} ({t.warp or '-'})" for t in ordered], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("latency per frame (ms)")
-    fig.tight_layout()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=90)
-    plt.close(fig)
+def _identity_inputs(bundle: Path, manifest: dict) -> dict[str, torch.Tensor]:
+    entry = next((a for a in manifest["artifacts"] if a["graph"] == "identity"), None)
+    golden = Path(bundle) / (entry["golden"] if entry else "golden/identity.npz")
+    if not golden.is_file():
+        raise BundleError(f"the bundle has no identity golden vectors ({golden}); export it with the identity graph")
+    with np.load(golden, allow_pickle=False) as data:
+        return {k: torch.from_numpy(data[k][0]) for k in ("source_image", "source_stickman", "source_keypoints", "source_mask")}
 
 
-def write_benchmark(out: Path, timings: list[Timing], threads: int) -> None:
-    """out/benchmark.json, out/benchmark.md and out/benchmark.png."""
-    machine = describe_machine()
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "benchmark.json", json.dumps(
-        {"machine": machine, "threads": threads, "timings": [t.as_dict() for t in timings]}, indent=2))
-    plot_timings(timings, out / "benchmark.png")
-    write_text_atomic(out / "benchmark.md", benchmark_markdown(timings, machine, threads))
+def _frame_keypoints(bundle: Path) -> torch.Tensor:
+    with np.load(Path(bundle) / "golden" / "frame.npz", allow_pickle=False) as data:
+        return torch.from_numpy(data["keypoints"][0])
+
+
+def reference_contestants(model: BilayerModel, bundle: Path, manifest: dict, settings: BenchSettings,
+                          macs: dict[str, int], progress=None) -> list[Contestant]:
+    """The PyTorch reference timed like the artifacts: the frame (`render`) in each of
+    `settings.reference_modes` and the identity (`init_identity`) with and without the enhancer,
+    eager, at `settings.threads` torch threads."""
+    torch.set_num_threads(settings.threads)
+    x = _identity_inputs(bundle, manifest)
+    keypoints = _frame_keypoints(bundle)
+    identity = lambda m: m.init_identity(x["source_image"], x["source_keypoints"], x["source_mask"], x["source_stickman"])
+    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    base = dict(kind="reference", precision="fp32", runtime="torch", threads=settings.threads, device="host",
+                model_bytes=weights_bytes)
+    contestants = []
+    if "frame" in settings.graphs:
+        state = identity(model)
+        modes = {"eager": lambda: (model, state, keypoints)}
+        if "channels_last" in settings.reference_modes:
+            def channels_last():
+                m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                s = copy.copy(state)
+                s.texture = state.texture.contiguous(memory_format=torch.channels_last)
+                if state.enhanced_texture is not None:
+                    s.enhanced_texture = state.enhanced_texture.contiguous(memory_format=torch.channels_last)
+                return m, s, keypoints
+            modes["channels_last"] = channels_last
+        for mode in [m for m in settings.reference_modes if m in modes or m == "compile"]:
+            if progress:
+                progress(f"preparing the reference frame ({mode})")
+            if mode == "compile":
+                render = torch.compile(lambda k: model.render(state, k))
+                call = lambda render=render: render(keypoints)
+                note = "torch.compile (inductor); compile time is the first call"
+            else:
+                m, s, k = modes[mode]()
+                call = lambda m=m, s=s, k=k: m.render(s, k)
+                note = "BilayerModel.render"
+            with torch.no_grad():
+                _, first_ms = _timed(call)
+            contestants.append(Contestant(call=call, record=dict(
+                base, name=f"reference frame @ torch {mode}", graph="frame", configuration=f"{mode}, {settings.threads} threads",
+                macs=macs["frame"], first_run_ms=first_ms, notes=[note])))
+    if "identity" in settings.graphs:
+        plain = copy.copy(model)
+        plain.has_enhancer = False
+        variants = [("with enhancer", model, macs["identity"])] if model.has_enhancer else []
+        variants.append(("without enhancer", plain, pipeline_macs(plain)["identity"]))
+        for label, m, count in variants:
+            call = lambda m=m: identity(m)
+            _, first_ms = _timed(call)
+            contestants.append(Contestant(call=call, record=dict(
+                base, name=f"reference identity {label} @ torch eager", graph="identity",
+                configuration=f"eager, {settings.threads} threads", macs=count, first_run_ms=first_ms,
+                notes=[f"BilayerModel.init_identity, {label}"])))
+    return contestants
+
+
+# ------------------------------------------------------------------------------ timing
+def time_interleaved(contestants: list[Contestant], runs: int, warmup: int, pause_s: float, progress=None,
+                     label: str = "") -> None:
+    """Warm every contestant up, then time `runs` rounds of one call each, appending to runs_ms."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            for c in contestants:
+                c.call()
+        time.sleep(pause_s)
+        for k in range(runs):
+            for c in contestants:
+                start = time.perf_counter()
+                c.call()
+                c.runs_ms.append((time.perf_counter() - start) * 1e3)
+                time.sleep(pause_s)
+            if progress:
+                progress(f"{label} round {k + 1}/{runs}")
+
+
+# ------------------------------------------------------------------------------ memory
+def _status_mb(key: str) -> float:
+    """VmRSS (resident now) or VmHWM (resident high-water mark) of this process, in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+class MemoryProbe:
+    """Loads one artifact in the process it lives in and reports what it added to the peak
+    resident memory (built in a fresh process by `peak_memory_mb`)."""
+
+    def __init__(self, runtime: str, path: str, threads: int, feed: dict[str, np.ndarray]):
+        warm = open_runner(runtime, Path(path), threads)  # import the runtime and touch it once: not counted
+        del warm
+        self.feed = feed
+        self.before_mb = _status_mb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident size (Linux >= 4.0)
+        self.runner = open_runner(runtime, Path(path), threads)
+        self.prepared = self.runner.prepare(feed)
+
+    def measure(self, calls: int = 3) -> float:
+        for _ in range(calls):
+            self.runner._infer(self.prepared)
+        return max(_status_mb("VmHWM") - self.before_mb, 0.0)
+
+
+def peak_memory_mb(bundle: Path, artifact: dict, runtime: str, threads: int) -> float:
+    """Peak resident memory (MB) that loading and running `artifact` adds, in a fresh process."""
+    with OwnProcess(MemoryProbe, runtime, str(Path(bundle) / artifact["file"]), threads, golden_feed(bundle, artifact),
+                    label=f"memory of {artifact['name']}") as probe:
+        return probe.call("measure")
+
+
+# ------------------------------------------------------------------------------ one run
+@dataclass
+class BenchRun:
+    """Everything one benchmark run measured on the host."""
+
+    records: list[LatencyRecord]
+    settings: BenchSettings
+    failures: list[str]  # contestants that could not be timed, with the reason
+
+
+def benchmark_bundle(bundle: Path, manifest: dict, model: BilayerModel | None, settings: BenchSettings,
+                     progress=None) -> BenchRun:
+    """Time the bundle's selected artifacts and (when `model` is given) the PyTorch reference,
+    the frame graphs and the identity graphs each interleaved in their own rounds."""
+    macs = graph_macs(model) if model is not None else {}
+    failures: list[str] = []
+    groups = []
+    for graphs, runs in ((FRAME_GRAPHS, settings.runs), (IDENTITY_GRAPHS, settings.identity_runs)):
+        chosen = tuple(g for g in settings.graphs if g in graphs)
+        if not chosen or runs == 0:
+            continue
+        group_settings = BenchSettings(**{**settings.__dict__, "graphs": chosen})
+        contestants = artifact_contestants(bundle, manifest, group_settings, macs, progress)
+        if model is not None:
+            contestants += reference_contestants(model, bundle, manifest, group_settings, macs, progress)
+        groups.append((chosen[0] if len(chosen) == 1 else "frame graphs", contestants, runs))
+    for label, contestants, runs in groups:
+        time_interleaved(contestants, runs, settings.warmup, settings.pause_s, progress, label)
+    records = [c.to_record() for _, contestants, _ in groups for c in contestants]
+    if settings.memory and Path("/proc/self/clear_refs").exists():
+        by_name = {a["name"]: a for a in manifest["artifacts"]}
+        for record in records:
+            if record.kind == "artifact":
+                if progress:
+                    progress(f"peak memory of {record.name}")
+                try:
+                    record.peak_memory_mb = peak_memory_mb(bundle, by_name[record.artifact], record.runtime, record.threads)
+                except Exception as exc:  # noqa: BLE001  (a worker that died: reported, the timings stand)
+                    failures.append(f"{record.name}: peak memory not measured ({type(exc).__name__}: {exc})")
+    return BenchRun(records, settings, failures)

@@ -401,19 +401,6 @@ def test_without_a_gpu_validate_says_what_was_not_run_and_require_fails(bundle):
     assert "Traceback" not in required.stderr
 
 
-def test_bench_times_every_frame_artifact_side_by_side(bundle, tmp_path, capsys):
-    out = tmp_path / "bench"
-    assert main(["bench", str(bundle), "--runs", "2", "--warmup", "0", "--out", str(out)]) == 0
-    report = json.loads((out / "benchmark.json").read_text())
-    timed = {(t["graph"], t["runtime"], t["configuration"]) for t in report["timings"]}
-    runtimes = (("litert", "default"), ("litert", "XNNPACK latest features"), ("onnxruntime", "default"))
-    assert timed == {(g, *r) for g in ("frame", "baked_frame") for r in runtimes}
-    assert all(len(t["runs_ms"]) == 2 and t["p50_ms"] > 0 for t in report["timings"])
-    assert (out / "benchmark.png").is_file() and "| frame | fp32 |" in capsys.readouterr().out
-    assert "XNNPACK" in (out / "bench.log").read_text()  # the runtimes' own banners, kept off the console
-
-
-# ------------------------------------------------------------------ Core ML, ExecuTorch, NNAPI
 def test_every_target_is_in_the_bundle_with_what_checked_it(mobile_bundle):
     manifest = json.loads((mobile_bundle / "manifest.json").read_text())
     names = {(a["graph"], a["target"], a["precision"]) for a in manifest["artifacts"]}

@@ -1,0 +1,129 @@
+"""Where a driven frame's time goes: each stage of the per-frame path timed on its own.
+
+    driver frame -> face detector (when tracking is lost) -> face mesh -> 468 -> 68 mapping
+                 -> One Euro filter -> keypoint normalisation -> frame graph -> image
+                 or: ... -> split frame graph -> compositing (lowfreq + texture warped by uv)
+
+Users of the official code found its per-frame timings mixed landmark detection and identity
+set-up into the frame; here every stage is its own record, and the once-per-identity work is
+kept apart. The path is `drive`'s, from the bundle alone (its driver models, table and filter),
+with the graphs in the runtime named, and dlib's 68-point detector timed beside the mesh front
+end as the alternative. Every stage gives a `LatencyRecord` of kind "stage", one run per call.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bilayer_mobile.drive import (StageTimes, bundle_front_end, find_artifact, read_driver_frames,
+                                  RUNTIME_TARGETS)
+from bilayer_mobile.reference.errors import InputError, NoFaceError
+from bilayer_mobile.reference.face_tracking import FaceTracker
+from bilayer_mobile.reference.landmark_filter import LandmarkFilter
+from bilayer_mobile.reference.mesh_to_ibug import ibug68_from_mesh
+from bilayer_mobile.reference.model import warp
+from bilayer_mobile.reference.preprocessing import crop_face, draw_stickmen, keypoints_in_crop, load_rgb
+from bilayer_mobile.runtime_bench.benchmark import open_runner
+from bilayer_mobile.runtime_bench.latency import LatencyRecord
+
+# The per-frame stages in the order a frame passes them (the records keep this order).
+FRAME_STAGES = ("face detector (model)", "face mesh (model)", "tracking pre/post-processing", "468->68 mapping",
+                "One Euro filter", "keypoint normalisation", "frame graph", "split frame graph",
+                "compositing (split variant, torch grid_sample)", "dlib 68 landmarks (alternative front end)")
+ONCE_STAGES = ("source landmarks (mesh)", "source crop and stickman", "identity graph")
+
+
+def stage_breakdown(bundle: Path, manifest: dict, source: Path, drivers: tuple[Path, ...], runtime: str = "litert",
+                    threads: int = 2, max_frames: int = 60, dlib: bool = True, progress=None) -> list[LatencyRecord]:
+    """Time every stage of driving the bundle's avatar of `source` by up to `max_frames` frames
+    of `drivers` (a video or images), the graphs in `runtime` at `threads` threads."""
+    if runtime not in RUNTIME_TARGETS:
+        raise InputError(f"--stage-runtime {runtime!r} is not one of {', '.join(RUNTIME_TARGETS)}")
+    size = int(manifest.get("preprocessing", {}).get("image_size", 256))
+    models = StageTimes()
+    front_end = bundle_front_end(bundle, manifest, models)
+    times = StageTimes()
+    frame_entry = find_artifact(manifest, "frame", runtime, "fp32")
+    split_entry = next((a for a in manifest["artifacts"] if a["graph"] == "split_frame" and a["precision"] == "fp32"
+                        and a["target"] == RUNTIME_TARGETS[runtime]), None)
+    identity_entry = find_artifact(manifest, "identity", runtime, "fp32")
+    load = lambda entry: open_runner(entry["runtime"], Path(bundle) / entry["file"], threads)
+
+    image = load_rgb(source, what="source image")
+    with times("source landmarks (mesh)"):
+        face = FaceTracker(front_end.models, track=False)(image)
+    if face is None:
+        raise NoFaceError(f"no face found in the source image {source}; use a photo with one clearly visible face")
+    models.calls_ms.clear()  # the source's detector and mesh calls belong to "source landmarks"
+    with times("source crop and stickman"):
+        crop = crop_face(image, ibug68_from_mesh(face.mesh, front_end.table), size)
+        feed = {"source_image": crop.image[None].numpy(), "source_stickman": draw_stickmen(crop.keypoints[None], size).numpy(),
+                "source_keypoints": crop.keypoints[None].numpy(), "source_mask": np.ones((1, 1, size, size), np.float32)}
+    identity = load(identity_entry)
+    with times("identity graph"):
+        state = identity.infer(feed)
+    del identity  # hundreds of MB with the enhancer unrolled
+    frame_graph = load(frame_entry)
+    split_graph = load(split_entry) if split_entry else None
+    texture = torch.from_numpy(np.asarray(state["texture"]))
+
+    frames, fps, _count = read_driver_frames(drivers, 25.0)
+    tracker, smoother = FaceTracker(front_end.models), LandmarkFilter(front_end.filter)
+    if dlib:
+        from bilayer_mobile.reference.landmarks import detect_landmarks
+    timed = 0
+    for index, frame in enumerate(frames):
+        if timed >= max_frames:
+            break
+        before = {s: sum(models.calls_ms[s]) for s in ("detection", "mesh")}
+        with times("tracker"):
+            tracked = tracker(frame)
+        if tracked is None:
+            continue
+        model_ms = sum(sum(models.calls_ms[s]) - before[s] for s in before)
+        times.calls_ms["tracking pre/post-processing"].append(times.calls_ms["tracker"].pop() - model_ms)
+        with times("468->68 mapping"):
+            points = ibug68_from_mesh(tracked.mesh, front_end.table)
+        with times("One Euro filter"):
+            points = smoother(points, index / fps)
+        with times("keypoint normalisation"):
+            keypoints = keypoints_in_crop(points)[None].numpy()
+        with times("frame graph"):
+            frame_graph.infer({"keypoints": keypoints, "texture": state["texture"], "adaptive_params": state["adaptive_params"]})
+        if split_graph is not None:
+            with times("split frame graph"):
+                layers = split_graph.infer({"keypoints": keypoints, "adaptive_params": state["adaptive_params"]})
+            with times("compositing (split variant, torch grid_sample)"), torch.no_grad():
+                torch.from_numpy(layers["lowfreq"]) + warp(texture, torch.from_numpy(layers["uv"]))
+        if dlib:
+            with times("dlib 68 landmarks (alternative front end)"):
+                try:
+                    detect_landmarks(frame)
+                except NoFaceError:
+                    pass
+        timed += 1
+        if progress:
+            progress(f"stages: frame {timed}/{max_frames}")
+    if timed == 0:
+        raise NoFaceError(f"no face found in any driver frame of {', '.join(map(str, drivers))}")
+    times.calls_ms["face detector (model)"] = models.calls_ms["detection"]
+    times.calls_ms["face mesh (model)"] = models.calls_ms["mesh"]
+
+    records = []
+    for stage in FRAME_STAGES + ONCE_STAGES:
+        runs = times.calls_ms.get(stage)
+        if not runs:
+            continue
+        per = "once per identity" if stage in ONCE_STAGES else f"per call, {timed} frames"
+        if stage == "face detector (model)":
+            per = f"{len(runs)} calls in {timed} frames (the tracker detects only when it loses the face)"
+        entry = {"frame graph": frame_entry, "split frame graph": split_entry, "identity graph": identity_entry}.get(stage)
+        records.append(LatencyRecord.from_runs(
+            runs, name=f"stage: {stage}", kind="stage", graph=stage, precision="fp32" if entry else None,
+            runtime=entry["runtime"] if entry else ("litert" if "(model)" in stage or "mesh" in stage else
+                                                     "dlib" if "dlib" in stage else "torch/numpy"),
+            configuration=per, threads=threads if entry else None, artifact=entry["name"] if entry else None,
+            device="host"))
+    return records
