@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= out
+# The main job's export: every target and precision of the default model.
+EXPORT_ARGS := --targets onnx,tflite,coreml,executorch,nnapi --precisions fp32,fp16,int8_dynamic,int8
 
 .PHONY: setup gpu-driver test test-fast bundle drive validate coverage bench info docs clean
 
@@ -44,8 +46,7 @@ bundle: setup
 	$(BIN)/bilayer-mobile info
 	rm -rf $(OUT)/bundle
 	@echo "== 2/3 export and validate (about 16 minutes on 2 cores, 46 artifacts, GPU runs on lavapipe included; each step shows the time left)"
-	@status=0; $(BIN)/bilayer-mobile export --targets onnx,tflite,coreml,executorch,nnapi --precisions fp32,fp16,int8_dynamic,int8 \
-		--out $(OUT)/bundle || status=$$?; \
+	@status=0; $(BIN)/bilayer-mobile export $(EXPORT_ARGS) --out $(OUT)/bundle || status=$$?; \
 	if [ $$status -ge 2 ]; then exit $$status; fi; \
 	echo "== 3/3 render demo"; \
 	$(BIN)/bilayer-mobile render --source reference/photos/source.jpg \
@@ -68,15 +69,16 @@ drive: setup
 coverage: setup
 	$(BIN)/bilayer-mobile coverage $(OUT)/bundle
 
-# Host latency of the frame graphs, side by side in one run: the TFLite frame graphs with the
-# fused warp and with the decomposed one (two fp32 bundles) and ONNX's; numbers in docs/benchmarks.md.
+# Latency of the default bundle (exported first when $(OUT)/bundle does not exist): every frame,
+# baked frame and identity artifact in LiteRT (1 and 2 threads), onnxruntime and ExecuTorch beside
+# the PyTorch reference, the fp32 GEMM ceiling, the stages of a frame driven by a clip generated
+# from target.jpg, and the roofline estimate; report in $(OUT)/bench/latency.md (docs/benchmarks.md).
+# Phones: add BENCH_ARGS="--android --benchmark-model PATH [--taskset f0]" (a device over adb).
 bench: setup
-	rm -rf $(OUT)/bench
-	$(BIN)/bilayer-mobile export --targets tflite,onnx --precisions fp32 --graphs frame,baked_frame --gpu off \
-		--out $(OUT)/bench/fused
-	$(BIN)/bilayer-mobile export --targets tflite --precisions fp32 --graphs frame,baked_frame --gpu off \
-		--warp decomposed --out $(OUT)/bench/decomposed
-	$(BIN)/bilayer-mobile bench $(OUT)/bench/fused $(OUT)/bench/decomposed --threads 2 --runs 30 --out $(OUT)/bench
+	test -f $(OUT)/bundle/manifest.json || $(BIN)/bilayer-mobile export $(EXPORT_ARGS) --out $(OUT)/bundle
+	$(BIN)/python scripts/make-driving-clip.py reference/photos/target.jpg $(OUT)/bench/clip.mp4
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/bilayer-mobile bench $(OUT)/bundle --driver $(OUT)/bench/clip.mp4 \
+		--out $(OUT)/bench $(BENCH_ARGS)
 
 # Re-run the parity gate on an existing bundle.
 validate: $(STAMP)

@@ -24,6 +24,7 @@ over adb (`android.py`). Nothing is asserted about time in tests.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ def golden_feed(bundle: Path, artifact: dict) -> dict[str, np.ndarray]:
 
 @dataclass
 class Contestant:
-    """One thing timed: a name, a zero-argument call, and what the record says about it."""
+    """One thing timed: a zero-argument call, the fields of its record, and its runs."""
 
     call: Callable[[], object]
     record: dict  # LatencyRecord fields other than the runs
@@ -161,8 +162,6 @@ def artifact_contestants(bundle: Path, manifest: dict, settings: BenchSettings, 
 # ------------------------------------------------------------------------------ the reference
 def check_model_matches(model: BilayerModel, manifest: dict) -> None:
     """Refuse to time a reference that is not the model the bundle was exported from."""
-    import dataclasses
-
     declared = manifest.get("model", {}).get("config")
     if declared != dataclasses.asdict(model.config):
         raise BundleError("the model given does not have the configuration the bundle was exported from "
@@ -322,18 +321,20 @@ def benchmark_bundle(bundle: Path, manifest: dict, model: BilayerModel | None, s
     macs = graph_macs(model) if model is not None else {}
     failures: list[str] = []
     groups = []
-    for graphs, runs in ((FRAME_GRAPHS, settings.runs), (IDENTITY_GRAPHS, settings.identity_runs)):
+    # the identity graphs take seconds a call: one warm-up call is enough to load their kernels
+    for graphs, runs, warmup in ((FRAME_GRAPHS, settings.runs, settings.warmup),
+                                 (IDENTITY_GRAPHS, settings.identity_runs, min(settings.warmup, 1))):
         chosen = tuple(g for g in settings.graphs if g in graphs)
         if not chosen or runs == 0:
             continue
-        group_settings = BenchSettings(**{**settings.__dict__, "graphs": chosen})
+        group_settings = dataclasses.replace(settings, graphs=chosen)
         contestants = artifact_contestants(bundle, manifest, group_settings, macs, progress)
         if model is not None:
             contestants += reference_contestants(model, bundle, manifest, group_settings, macs, progress)
-        groups.append((chosen[0] if len(chosen) == 1 else "frame graphs", contestants, runs))
-    for label, contestants, runs in groups:
-        time_interleaved(contestants, runs, settings.warmup, settings.pause_s, progress, label)
-    records = [c.to_record() for _, contestants, _ in groups for c in contestants]
+        groups.append((chosen[0] if len(chosen) == 1 else "frame graphs", contestants, runs, warmup))
+    for label, contestants, runs, warmup in groups:
+        time_interleaved(contestants, runs, warmup, settings.pause_s, progress, label)
+    records = [c.to_record() for _, contestants, _, _ in groups for c in contestants]
     if settings.memory and Path("/proc/self/clear_refs").exists():
         by_name = {a["name"]: a for a in manifest["artifacts"]}
         for record in records:

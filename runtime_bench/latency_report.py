@@ -29,6 +29,14 @@ def eager_reference(records: list[LatencyRecord], graph: str) -> LatencyRecord |
     return next((r for r in records if r.name == wanted), None)
 
 
+def _ratio(eager: LatencyRecord | None, r: LatencyRecord) -> str:
+    """The eager reference's p50 over this record's, where both do the same work (same MACs):
+    the identity without the enhancer is another computation, not a faster one."""
+    if eager is None or (eager.macs and r.macs and eager.macs != r.macs):
+        return "-"
+    return f"{eager.stats.typical_ms / r.stats.typical_ms:.2f}x"
+
+
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
 
@@ -77,7 +85,7 @@ def host_table(records: list[LatencyRecord], gemm: dict | None) -> list[str]:
                 f"{_ms(r.first_run_ms)} | {'-' if r.peak_memory_mb is None else f'{r.peak_memory_mb:.0f}'} | "
                 f"{'-' if r.model_bytes is None else f'{r.model_bytes / 2**20:.1f}'} | {'-' if gflops is None else f'{gflops:.0f}'} | "
                 f"{'-' if gflops is None or not ceiling else f'{gflops / ceiling:.0%}'} | "
-                f"{'-' if eager is None else f'{eager.stats.typical_ms / s.typical_ms:.2f}x'} |")
+                f"{_ratio(eager, r)} |")
         lines.append("")
     return lines
 
@@ -152,7 +160,8 @@ def latency_markdown(document: dict, records: list[LatencyRecord], roofline_md: 
     lines += ["## Host latency, side by side (ms)", "",
               "Every figure is of wall-clock ms per call on this machine's CPU, one golden sample; spread = "
               "interquartile range / median. GFLOP/s = 2 x MACs / p50; 'of GEMM' compares it with the ceiling "
-              "above; 'vs eager' is the PyTorch eager reference's p50 over this row's. Peak memory: resident memory "
+              "above (an fp32 ceiling: int8 rows can exceed it); 'vs eager' is the PyTorch eager reference's p50 over "
+              "this row's, for the same work. Peak memory: resident memory "
               "the model and its calls added, measured in a process of its own.", "",
               "![p50 latency per artifact](latency.png)", "", "![achieved GFLOP/s](gflops.png)", ""]
     lines += host_table(records, gemm)
