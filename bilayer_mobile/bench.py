@@ -81,7 +81,12 @@ def run_bench(job: BenchJob, model, progress=None) -> tuple[dict, str]:
     check_integrity(job.bundle, manifest)
     if model is not None:
         check_model_matches(model, manifest)
-    old = read_latency_document(job.compare) if job.compare else None  # a bad file fails before the long runs
+    # everything that can be refused is refused before the long runs
+    old = read_latency_document(job.compare) if job.compare else None
+    if job.stages is not None:
+        from bilayer_mobile.stages import check_stages_possible
+
+        check_stages_possible(manifest, job.stages.runtime)
 
     say = progress or (lambda line: None)
     say("fp32 GEMM ceiling (before)")

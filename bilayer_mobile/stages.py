@@ -20,13 +20,14 @@ import torch
 from bilayer_mobile.drive import (StageTimes, bundle_front_end, find_artifact, read_driver_frames,
                                   RUNTIME_TARGETS)
 from bilayer_mobile.reference.errors import InputError, NoFaceError
-from bilayer_mobile.reference.face_tracking import FaceTracker
+from bilayer_mobile.reference.face_tracking import DRIVER_MODEL_NAMES, FaceTracker
 from bilayer_mobile.reference.landmark_filter import LandmarkFilter
 from bilayer_mobile.reference.mesh_to_ibug import ibug68_from_mesh
 from bilayer_mobile.reference.model import warp
 from bilayer_mobile.reference.preprocessing import crop_face, draw_stickmen, keypoints_in_crop, load_rgb
 from bilayer_mobile.runtime_bench.benchmark import open_runner
 from bilayer_mobile.runtime_bench.latency import LatencyRecord
+from bilayer_mobile.runtime_bench.validate import BundleError
 
 # The per-frame stages in the order a frame passes them (the records keep this order).
 FRAME_STAGES = ("face detector (model)", "face mesh (model)", "tracking pre/post-processing", "468->68 mapping",
@@ -35,12 +36,23 @@ FRAME_STAGES = ("face detector (model)", "face mesh (model)", "tracking pre/post
 ONCE_STAGES = ("source landmarks (mesh)", "source crop and stickman", "identity graph")
 
 
+def check_stages_possible(manifest: dict, runtime: str) -> None:
+    """Refuse, before any timing, a bundle the breakdown cannot run on: no driver models, or no
+    fp32 frame and identity graph for `runtime` (one line naming the fix)."""
+    if runtime not in RUNTIME_TARGETS:
+        raise InputError(f"--stage-runtime {runtime!r} is not one of {', '.join(RUNTIME_TARGETS)}")
+    if not any(a.get("graph") in DRIVER_MODEL_NAMES for a in manifest["artifacts"]):
+        raise BundleError("the bundle has no driver models (face detectors and mesh) for the stage breakdown; "
+                          "export it without --no-driver-models, or pass --no-stages")
+    find_artifact(manifest, "frame", runtime, "fp32")
+    find_artifact(manifest, "identity", runtime, "fp32")
+
+
 def stage_breakdown(bundle: Path, manifest: dict, source: Path, drivers: tuple[Path, ...], runtime: str = "litert",
                     threads: int = 2, max_frames: int = 60, dlib: bool = True, progress=None) -> list[LatencyRecord]:
     """Time every stage of driving the bundle's avatar of `source` by up to `max_frames` frames
     of `drivers` (a video or images), the graphs in `runtime` at `threads` threads."""
-    if runtime not in RUNTIME_TARGETS:
-        raise InputError(f"--stage-runtime {runtime!r} is not one of {', '.join(RUNTIME_TARGETS)}")
+    check_stages_possible(manifest, runtime)
     size = int(manifest.get("preprocessing", {}).get("image_size", 256))
     models = StageTimes()
     front_end = bundle_front_end(bundle, manifest, models)

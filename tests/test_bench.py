@@ -107,3 +107,20 @@ def test_run_bench_with_the_reference_adds_the_roofline(bundle, small_model, tmp
     assert roofline["paper"]["ms"] == 42.0 and roofline["frame"]["macs"] == roofline["frame"]["pipeline_macs_frame"]
     assert "not a measurement" in markdown and "Adreno 640" in markdown and (tmp_path / "roofline.png").is_file()
     assert "vs PyTorch eager" not in markdown  # no LiteRT frame artifact was timed: no speedup line is made up
+
+
+def test_a_bundle_the_stage_breakdown_cannot_run_on_is_refused_before_any_timing(bundle, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from bilayer_mobile.reference.face_tracking import DRIVER_MODEL_NAMES
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["graph"] not in DRIVER_MODEL_NAMES]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr("bilayer_mobile.bench.benchmark_bundle", lambda *a, **k: pytest.fail("timed before refusing"))
+    code = main(["bench", str(copy), "--no-reference", *QUICK, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no driver models" in err and "--no-stages" in err
+    assert not (tmp_path / "o" / "latency.json").exists()
