@@ -77,7 +77,7 @@ coverage: setup
 bench: setup
 	test -f $(OUT)/bundle/manifest.json || $(BIN)/bilayer-mobile export $(EXPORT_ARGS) --out $(OUT)/bundle
 	$(BIN)/python scripts/make-driving-clip.py reference/photos/target.jpg $(OUT)/bench/clip.mp4
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/bilayer-mobile bench $(OUT)/bundle --driver $(OUT)/bench/clip.mp4 \
+	$(BIN)/bilayer-mobile bench $(OUT)/bundle --driver $(OUT)/bench/clip.mp4 \
 		--out $(OUT)/bench $(BENCH_ARGS)
 
 # Re-run the parity gate on an existing bundle.

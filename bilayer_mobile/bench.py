@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bilayer_mobile.reference.files import write_text_atomic
-from bilayer_mobile.runtime_bench.android import (AndroidBenchmark, NoAndroidDevice, choose_device, device_info,
+from bilayer_mobile.runtime_bench.android import (AndroidBenchmark, AndroidError, NoAndroidDevice, choose_device, device_info,
                                                  run_android_benchmarks)
 from bilayer_mobile.runtime_bench.benchmark import BenchSettings, benchmark_bundle, check_model_matches
 from bilayer_mobile.runtime_bench.gemm import sgemm_gflops
@@ -67,9 +67,11 @@ def android_benchmarks(job: AndroidJob, bundle: Path, manifest: dict, macs: dict
     try:
         choose_device(job.config)  # no phone, no adb: a status line, not an error
         device = device_info(job.config)
+        records, failures = run_android_benchmarks(job.config, chosen, job.delegates, out / "android", progress)
     except NoAndroidDevice as exc:
         return [], {"status": f"Not run: {exc}"}
-    records, failures = run_android_benchmarks(job.config, chosen, job.delegates, out / "android", progress)
+    except AndroidError as exc:  # adb could not push or prepare: the host results still stand
+        return [], {"status": f"Not run: {exc}"}
     return records, {"status": f"Ran on {device.describe()}", "device": device.__dict__, "failures": [f"{f.name} ({f.delegate}): {f.message}" for f in failures]}
 
 
@@ -83,10 +85,15 @@ def run_bench(job: BenchJob, model, progress=None) -> tuple[dict, str]:
         check_model_matches(model, manifest)
     # everything that can be refused is refused before the long runs
     old = read_latency_document(job.compare) if job.compare else None
+    if job.android is not None:
+        try:
+            choose_device(job.android.config)  # several phones and no --serial: refused now, not after the host runs
+        except NoAndroidDevice:
+            pass  # said in the report: no phone is not an error
     if job.stages is not None:
         from bilayer_mobile.stages import check_stages_possible
 
-        check_stages_possible(manifest, job.stages.runtime)
+        check_stages_possible(job.bundle, manifest, job.stages.source, job.stages.drivers, job.stages.runtime)
 
     say = progress or (lambda line: None)
     say("fp32 GEMM ceiling (before)")
@@ -118,7 +125,7 @@ def run_bench(job: BenchJob, model, progress=None) -> tuple[dict, str]:
         estimates, skipped = roofline.estimate_devices(layers, roofline.DEVICES, roofline.TYPICAL_EFFICIENCY)
         job.out.mkdir(parents=True, exist_ok=True)
         roofline.plot_roofline(layers, roofline.DEVICES, job.out / "roofline.png")
-        roofline_md = (roofline.roofline_table_markdown(estimates, paper_ms=42.0, skipped=skipped)
+        roofline_md = (roofline.roofline_table_markdown(estimates, paper_ms=roofline.PAPER_MS, skipped=skipped)
                        + "\n\n![roofline of the frame graph's layers](roofline.png)\n\nAssumptions and sources: docs/roofline.md.")
         roofline_doc = roofline.roofline_document(model)
 

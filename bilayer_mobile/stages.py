@@ -12,6 +12,7 @@ end as the alternative. Every stage gives a `LatencyRecord` of kind "stage", one
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,8 @@ from bilayer_mobile.reference.landmark_filter import LandmarkFilter
 from bilayer_mobile.reference.mesh_to_ibug import ibug68_from_mesh
 from bilayer_mobile.reference.model import warp
 from bilayer_mobile.reference.preprocessing import crop_face, draw_stickmen, keypoints_in_crop, load_rgb
-from bilayer_mobile.runtime_bench.benchmark import open_runner
 from bilayer_mobile.runtime_bench.latency import LatencyRecord
-from bilayer_mobile.runtime_bench.validate import BundleError
+from bilayer_mobile.runtime_bench.validate import BundleError, load_artifact
 
 # The per-frame stages in the order a frame passes them (the records keep this order).
 FRAME_STAGES = ("face detector (model)", "face mesh (model)", "tracking pre/post-processing", "468->68 mapping",
@@ -36,9 +36,10 @@ FRAME_STAGES = ("face detector (model)", "face mesh (model)", "tracking pre/post
 ONCE_STAGES = ("source landmarks (mesh)", "source crop and stickman", "identity graph")
 
 
-def check_stages_possible(manifest: dict, runtime: str) -> None:
-    """Refuse, before any timing, a bundle the breakdown cannot run on: no driver models, or no
-    fp32 frame and identity graph for `runtime` (one line naming the fix)."""
+def check_stages_possible(bundle: Path, manifest: dict, source: Path, drivers: tuple[Path, ...], runtime: str) -> None:
+    """Refuse, before any timing, what the breakdown cannot run on (one line naming the fix): an
+    unknown runtime, a bundle without driver models or without an fp32 frame and identity graph
+    for `runtime`, a missing or unreadable source or driver, a source without a face."""
     if runtime not in RUNTIME_TARGETS:
         raise InputError(f"--stage-runtime {runtime!r} is not one of {', '.join(RUNTIME_TARGETS)}")
     if not any(a.get("graph") in DRIVER_MODEL_NAMES for a in manifest["artifacts"]):
@@ -46,13 +47,25 @@ def check_stages_possible(manifest: dict, runtime: str) -> None:
                           "export it without --no-driver-models, or pass --no-stages")
     find_artifact(manifest, "frame", runtime, "fp32")
     find_artifact(manifest, "identity", runtime, "fp32")
+    read_driver_frames(drivers, 25.0)  # checks that every driver exists (a video is opened)
+    if not Path(source).is_file():
+        raise InputError(f"source image {source} does not exist")
+    _source_face(bundle_front_end(bundle, manifest, StageTimes()), load_rgb(source, what="source image"), source)
+
+
+def _source_face(front_end, image: np.ndarray, source: Path):
+    face = FaceTracker(front_end.models, track=False)(image)
+    if face is None:
+        raise NoFaceError(f"no face found in the source image {source}; use a photo with one clearly visible face")
+    return face
 
 
 def stage_breakdown(bundle: Path, manifest: dict, source: Path, drivers: tuple[Path, ...], runtime: str = "litert",
                     threads: int = 2, max_frames: int = 60, dlib: bool = True, progress=None) -> list[LatencyRecord]:
     """Time every stage of driving the bundle's avatar of `source` by up to `max_frames` frames
-    of `drivers` (a video or images), the graphs in `runtime` at `threads` threads."""
-    check_stages_possible(manifest, runtime)
+    of `drivers` (a video or images), the graphs in `runtime` at `threads` threads. The first
+    driver frame goes through every stage once untimed, so no record holds a cold start."""
+    check_stages_possible(bundle, manifest, source, drivers, runtime)
     size = int(manifest.get("preprocessing", {}).get("image_size", 256))
     models = StageTimes()
     front_end = bundle_front_end(bundle, manifest, models)
@@ -61,13 +74,11 @@ def stage_breakdown(bundle: Path, manifest: dict, source: Path, drivers: tuple[P
     split_entry = next((a for a in manifest["artifacts"] if a["graph"] == "split_frame" and a["precision"] == "fp32"
                         and a["target"] == RUNTIME_TARGETS[runtime]), None)
     identity_entry = find_artifact(manifest, "identity", runtime, "fp32")
-    load = lambda entry: open_runner(entry["runtime"], Path(bundle) / entry["file"], threads)
+    load = lambda entry: load_artifact(bundle, entry, threads=threads)
 
     image = load_rgb(source, what="source image")
     with times("source landmarks (mesh)"):
-        face = FaceTracker(front_end.models, track=False)(image)
-    if face is None:
-        raise NoFaceError(f"no face found in the source image {source}; use a photo with one clearly visible face")
+        face = _source_face(front_end, image, source)
     models.calls_ms.clear()  # the source's detector and mesh calls belong to "source landmarks"
     with times("source crop and stickman"):
         crop = crop_face(image, ibug68_from_mesh(face.mesh, front_end.table), size)
@@ -80,41 +91,52 @@ def stage_breakdown(bundle: Path, manifest: dict, source: Path, drivers: tuple[P
     frame_graph = load(frame_entry)
     split_graph = load(split_entry) if split_entry else None
     texture = torch.from_numpy(np.asarray(state["texture"]))
-
-    frames, fps, _count = read_driver_frames(drivers, 25.0)
-    tracker, smoother = FaceTracker(front_end.models), LandmarkFilter(front_end.filter)
     if dlib:
         from bilayer_mobile.reference.landmarks import detect_landmarks
-    timed = 0
-    for index, frame in enumerate(frames):
-        if timed >= max_frames:
-            break
+
+    def one_frame(frame: np.ndarray, index: int, t: StageTimes, tracker: FaceTracker, smoother: LandmarkFilter) -> bool:
+        """Every stage of one driver frame, timed into `t`; False when no face was found."""
         before = {s: sum(models.calls_ms[s]) for s in ("detection", "mesh")}
-        with times("tracker"):
+        with t("tracker"):
             tracked = tracker(frame)
         if tracked is None:
-            continue
+            return False
         model_ms = sum(sum(models.calls_ms[s]) - before[s] for s in before)
-        times.calls_ms["tracking pre/post-processing"].append(times.calls_ms["tracker"].pop() - model_ms)
-        with times("468->68 mapping"):
+        t.calls_ms["tracking pre/post-processing"].append(t.calls_ms["tracker"].pop() - model_ms)
+        with t("468->68 mapping"):
             points = ibug68_from_mesh(tracked.mesh, front_end.table)
-        with times("One Euro filter"):
+        with t("One Euro filter"):
             points = smoother(points, index / fps)
-        with times("keypoint normalisation"):
+        with t("keypoint normalisation"):
             keypoints = keypoints_in_crop(points)[None].numpy()
-        with times("frame graph"):
+        with t("frame graph"):
             frame_graph.infer({"keypoints": keypoints, "texture": state["texture"], "adaptive_params": state["adaptive_params"]})
         if split_graph is not None:
-            with times("split frame graph"):
+            with t("split frame graph"):
                 layers = split_graph.infer({"keypoints": keypoints, "adaptive_params": state["adaptive_params"]})
-            with times("compositing (split variant, torch grid_sample)"), torch.no_grad():
+            with t("compositing (split variant, torch grid_sample)"), torch.no_grad():
                 torch.from_numpy(layers["lowfreq"]) + warp(texture, torch.from_numpy(layers["uv"]))
         if dlib:
-            with times("dlib 68 landmarks (alternative front end)"):
+            with t("dlib 68 landmarks (alternative front end)"):
                 try:
                     detect_landmarks(frame)
                 except NoFaceError:
                     pass
+        return True
+
+    frames, fps, _count = read_driver_frames(drivers, 25.0)
+    first = next(frames, None)
+    if first is None:
+        raise InputError(f"the driver {', '.join(map(str, drivers))} holds no frames")
+    one_frame(first, 0, StageTimes(), FaceTracker(front_end.models), LandmarkFilter(front_end.filter))  # warm-up
+    models.calls_ms.clear()
+    tracker, smoother = FaceTracker(front_end.models), LandmarkFilter(front_end.filter)
+    timed = 0
+    for index, frame in enumerate(itertools.chain([first], frames)):
+        if timed >= max_frames:
+            break
+        if not one_frame(frame, index, times, tracker, smoother):
+            continue
         timed += 1
         if progress:
             progress(f"stages: frame {timed}/{max_frames}")

@@ -517,7 +517,7 @@ def choose_device(cfg: AndroidBenchmark) -> str:
                                   "connect it, give another serial, or drop --android")
         return cfg.serial
     if len(ready) > 1:
-        raise InputError(f"{len(ready)} Android devices attached ({', '.join(ready)}): choose one with its serial")
+        raise InputError(f"{len(ready)} Android devices attached ({', '.join(ready)}): choose one with --serial SERIAL")
     return ready[0]
 
 
@@ -580,6 +580,8 @@ def _litert_record(cfg: AndroidBenchmark, artifact: Artifact, delegate: str, res
     else:
         stats = LatencyStats.of_summary(count=runs.count, mean_ms=runs.avg_ms, min_ms=runs.min_ms,
                                         max_ms=runs.max_ms, stdev_ms=runs.std_ms)
+        if runs.median_ms is not None:  # newer builds print percentiles: the median, as on the host
+            stats.p50_ms = runs.median_ms
     notes = [f"benchmark_model on {device.describe()}: {stats.count} timed runs after "
              f"{result.warmup.count if result.warmup else cfg.warmup_runs} warmup runs "
              f"(avg {result.warmup_avg_ms:.2f} ms); summary statistics only (mean, min, max, std)"]

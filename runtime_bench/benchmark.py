@@ -9,7 +9,7 @@ took 42 ms instead of 25 ms). The frame graphs and the (seconds-long) identity g
 in separate groups with their own number of rounds.
 
 Thread counts are explicit: LiteRT's XNNPACK at 1 and N threads, onnxruntime's intra-op pool at
-N (inter-op 1), ExecuTorch's threadpool at N, torch at N. Eager torch's OpenMP threads spin-wait
+N, ExecuTorch's threadpool at N, torch at N (`runners.make_runner` sets each runtime's). Eager torch's OpenMP threads spin-wait
 between parallel regions unless `OMP_WAIT_POLICY=PASSIVE`; the policy in effect is recorded with
 the numbers (`bilayer-mobile bench` sets PASSIVE unless told otherwise).
 
@@ -37,11 +37,9 @@ import torch
 from ..reference.model import BilayerModel
 from ..reference.summary import pipeline_macs
 from .latency import LatencyRecord
-from .litert_runner import LiteRtRunner
 from .native_output import native_output_captured
-from .onnxruntime_runner import OnnxRuntimeRunner
 from .own_process import OwnProcess
-from .validate import BundleError
+from .validate import BundleError, load_artifact
 
 FRAME_GRAPHS = ("frame", "baked_frame", "split_frame")
 IDENTITY_GRAPHS = ("identity",)
@@ -76,23 +74,6 @@ class BenchSettings:
 
 
 # ------------------------------------------------------------------------------ runtimes
-def open_runner(runtime: str, path: Path, threads: int):
-    """A runner of `runtime` for `path` with `threads` threads (the benchmark's one place that
-    sets a runtime's threads)."""
-    if runtime == "litert":
-        return LiteRtRunner(path, num_threads=threads)
-    if runtime == "onnxruntime":
-        return OnnxRuntimeRunner(path, intra_op_threads=threads)
-    if runtime == "executorch":
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-        from .executorch_runner import ExecutorchRunner
-
-        _unsafe_reset_threadpool(threads)  # process-wide: every program in this run uses it
-        return ExecutorchRunner(path)
-    raise ValueError(f"no benchmark runner for runtime {runtime!r} (timed: {', '.join(RUNTIMES)})")
-
-
 def configurations(runtime: str, settings: BenchSettings) -> list[tuple[str, int]]:
     """(configuration in words, threads) for each way `runtime` is timed."""
     n = settings.threads
@@ -139,13 +120,12 @@ def artifact_contestants(bundle: Path, manifest: dict, settings: BenchSettings, 
         if not (artifact["graph"] in settings.graphs and artifact["precision"] in settings.precisions
                 and artifact["runtime"] in settings.runtimes):
             continue
-        path = Path(bundle) / artifact["file"]
         feed = golden_feed(bundle, artifact)
         for configuration, threads in configurations(artifact["runtime"], settings):
             if progress:
                 progress(f"loading {artifact['name']} ({configuration})")
             with native_output_captured():  # the runtimes' banners: to the log, not the console
-                runner, load_ms = _timed(lambda: open_runner(artifact["runtime"], path, threads))
+                runner, load_ms = _timed(lambda: load_artifact(bundle, artifact, threads=threads))
                 prepared = runner.prepare(feed)
                 _, first_ms = _timed(lambda: runner._infer(prepared))
             contestants.append(Contestant(
@@ -201,9 +181,9 @@ def reference_contestants(model: BilayerModel, bundle: Path, manifest: dict, set
     x = _identity_inputs(bundle, manifest)
     keypoints = _frame_keypoints(bundle)
     identity = lambda m: m.init_identity(x["source_image"], x["source_keypoints"], x["source_mask"], x["source_stickman"])
-    weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    base = dict(kind="reference", precision="fp32", runtime="torch", threads=settings.threads, device="host",
-                model_bytes=weights_bytes)
+    size = lambda *nets: sum(p.numel() * p.element_size() for net in nets for p in net.parameters())
+    frame_bytes = size(model.keypoints_embedder, model.inference_generator.gen_inf)  # what `render` reads
+    base = dict(kind="reference", precision="fp32", runtime="torch", threads=settings.threads, device="host")
     contestants = []
     if "frame" in settings.graphs:
         state = identity(model)
@@ -232,6 +212,7 @@ def reference_contestants(model: BilayerModel, bundle: Path, manifest: dict, set
                 _, first_ms = _timed(call)
             contestants.append(Contestant(call=call, record=dict(
                 base, name=f"reference frame @ torch {mode}", graph="frame", configuration=f"{mode}, {settings.threads} threads",
+                model_bytes=frame_bytes,
                 macs=macs["frame"], first_run_ms=first_ms, notes=[note])))
     if "identity" in settings.graphs:
         plain = copy.copy(model)
@@ -240,10 +221,12 @@ def reference_contestants(model: BilayerModel, bundle: Path, manifest: dict, set
         variants.append(("without enhancer", plain, pipeline_macs(plain)["identity"]))
         for label, m, count in variants:
             call = lambda m=m: identity(m)
-            _, first_ms = _timed(call)
+            with torch.no_grad():
+                _, first_ms = _timed(call)
             contestants.append(Contestant(call=call, record=dict(
                 base, name=f"reference identity {label} @ torch eager", graph="identity",
                 configuration=f"eager, {settings.threads} threads", macs=count, first_run_ms=first_ms,
+                model_bytes=size(m) - (0 if m.has_enhancer else size(getattr(m, "texture_enhancer", torch.nn.Module()))),
                 notes=[f"BilayerModel.init_identity, {label}"])))
     return contestants
 
@@ -251,14 +234,17 @@ def reference_contestants(model: BilayerModel, bundle: Path, manifest: dict, set
 # ------------------------------------------------------------------------------ timing
 def time_interleaved(contestants: list[Contestant], runs: int, warmup: int, pause_s: float, progress=None,
                      label: str = "") -> None:
-    """Warm every contestant up, then time `runs` rounds of one call each, appending to runs_ms."""
+    """Warm every contestant up, then time `runs` rounds of one call each (the order rotated by
+    one each round), appending to runs_ms."""
     with torch.no_grad():
         for _ in range(warmup):
             for c in contestants:
                 c.call()
         time.sleep(pause_s)
         for k in range(runs):
-            for c in contestants:
+            # each round starts one contestant later, so none always runs right after the same other
+            shift = k % len(contestants) if contestants else 0
+            for c in contestants[shift:] + contestants[:shift]:
                 start = time.perf_counter()
                 c.call()
                 c.runs_ms.append((time.perf_counter() - start) * 1e3)
@@ -277,18 +263,31 @@ def _status_mb(key: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {key}")
 
 
+def _release_freed_memory() -> None:
+    """Return what Python and the C allocator hold freed to the system, so a baseline taken next
+    is not padded with free memory the next load would silently reuse."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 class MemoryProbe:
     """Loads one artifact in the process it lives in and reports what it added to the peak
     resident memory (built in a fresh process by `peak_memory_mb`)."""
 
-    def __init__(self, runtime: str, path: str, threads: int, feed: dict[str, np.ndarray]):
-        warm = open_runner(runtime, Path(path), threads)  # import the runtime and touch it once: not counted
+    def __init__(self, bundle: str, artifact: dict, threads: int, feed: dict[str, np.ndarray]):
+        warm = load_artifact(Path(bundle), artifact, threads=threads)  # import and initialise the runtime: not counted
         del warm
-        self.feed = feed
+        _release_freed_memory()
         self.before_mb = _status_mb("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident size (Linux >= 4.0)
-        self.runner = open_runner(runtime, Path(path), threads)
+        self.runner = load_artifact(Path(bundle), artifact, threads=threads)
         self.prepared = self.runner.prepare(feed)
 
     def measure(self, calls: int = 3) -> float:
@@ -297,9 +296,9 @@ class MemoryProbe:
         return max(_status_mb("VmHWM") - self.before_mb, 0.0)
 
 
-def peak_memory_mb(bundle: Path, artifact: dict, runtime: str, threads: int) -> float:
+def peak_memory_mb(bundle: Path, artifact: dict, threads: int) -> float:
     """Peak resident memory (MB) that loading and running `artifact` adds, in a fresh process."""
-    with OwnProcess(MemoryProbe, runtime, str(Path(bundle) / artifact["file"]), threads, golden_feed(bundle, artifact),
+    with OwnProcess(MemoryProbe, str(bundle), artifact, threads, golden_feed(bundle, artifact),
                     label=f"memory of {artifact['name']}") as probe:
         return probe.call("measure")
 
@@ -342,7 +341,7 @@ def benchmark_bundle(bundle: Path, manifest: dict, model: BilayerModel | None, s
                 if progress:
                     progress(f"peak memory of {record.name}")
                 try:
-                    record.peak_memory_mb = peak_memory_mb(bundle, by_name[record.artifact], record.runtime, record.threads)
+                    record.peak_memory_mb = peak_memory_mb(bundle, by_name[record.artifact], record.threads)
                 except Exception as exc:  # noqa: BLE001  (a worker that died: reported, the timings stand)
                     failures.append(f"{record.name}: peak memory not measured ({type(exc).__name__}: {exc})")
     return BenchRun(records, settings, failures)

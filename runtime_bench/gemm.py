@@ -1,11 +1,13 @@
-"""The machine's fp32 matrix-multiply rate: the ceiling every host latency is compared with.
+"""The machine's fp32 matrix-multiply rate: the reference rate every host latency is compared with.
 
-A dense single-precision GEMM at a size large enough to reach the BLAS's peak is the fastest
-this CPU does fp32 multiply-accumulates in practice; a network's latency can approach
-`FLOPs / rate` but not beat it (in fp32). It is measured with numpy (OpenBLAS) and torch (its
-own BLAS) at the benchmark's thread count, at a few sizes, best of several repeats, and the
-higher of the two is the ceiling. The benchmark measures it before and after the timed runs, so
-a machine that changed speed in between shows it.
+A dense single-precision GEMM at a size large enough to reach the BLAS's peak is about the
+fastest this CPU does fp32 multiply-accumulates in practice, so a network's `FLOPs / rate` is
+the time it would take if every layer ran as well as a large GEMM (its "GEMM limit"). It is a
+reference, not a strict bound: a well-blocked convolution can match or slightly exceed it, and
+int8 kernels beat it by design. It is measured with numpy (OpenBLAS) and torch (its own BLAS)
+at the benchmark's thread count, at a few sizes, best of several repeats (the first call of
+each is untimed: thread pools start then), and the higher figure is the rate. The benchmark
+measures it before and after the timed runs, so a machine that changed speed shows it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def sgemm_gflops(threads: int, sizes: tuple[int, ...] = SIZES, repeats: int = 3) -> dict:
+def sgemm_gflops(threads: int, sizes: tuple[int, ...] = SIZES, repeats: int = 5) -> dict:
     """numpy and torch SGEMM GFLOP/s at `threads` threads: per size, the best of each, and the
     ceiling (the highest figure)."""
     from threadpoolctl import threadpool_limits

@@ -37,6 +37,12 @@ def _ratio(eager: LatencyRecord | None, r: LatencyRecord) -> str:
     return f"{eager.stats.typical_ms / r.stats.typical_ms:.2f}x"
 
 
+def _tail(x: float | None, count: int, needed: int) -> str:
+    """A tail percentile, shown only when there are enough runs for it to be more than the
+    largest run (p90 from 10 runs, p99 from 100)."""
+    return _ms(x) if count >= needed else "-"
+
+
 def _ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
 
@@ -81,7 +87,8 @@ def host_table(records: list[LatencyRecord], gemm: dict | None) -> list[str]:
             gflops = r.gflops
             lines.append(
                 f"| {r.artifact or r.name} | {r.runtime} | {r.configuration} | {r.precision or '-'} | {_ms(s.min_ms)} | "
-                f"**{_ms(s.p50_ms)}** | {_ms(s.p90_ms)} | {_ms(s.p99_ms)} | {'-' if s.spread is None else f'{s.spread:.0%}'} | "
+                f"**{_ms(s.p50_ms)}** | {_tail(s.p90_ms, s.count, 10)} | {_tail(s.p99_ms, s.count, 100)} | "
+                f"{'-' if s.spread is None else f'{s.spread:.0%}'} | "
                 f"{_ms(r.first_run_ms)} | {'-' if r.peak_memory_mb is None else f'{r.peak_memory_mb:.0f}'} | "
                 f"{'-' if r.model_bytes is None else f'{r.model_bytes / 2**20:.1f}'} | {'-' if gflops is None else f'{gflops:.0f}'} | "
                 f"{'-' if gflops is None or not ceiling else f'{gflops / ceiling:.0%}'} | "
@@ -96,7 +103,8 @@ def stage_table(records: list[LatencyRecord]) -> list[str]:
         return []
     lines = ["| stage | runtime | calls | p50 (ms) | p90 (ms) | what a call is |", "|---|---|---|---|---|---|"]
     for r in stages:
-        lines.append(f"| {r.graph} | {r.runtime} | {r.stats.count} | {_ms(r.stats.p50_ms)} | {_ms(r.stats.p90_ms)} | {r.configuration} |")
+        lines.append(f"| {r.graph} | {r.runtime} | {r.stats.count} | {_ms(r.stats.p50_ms)} | "
+                     f"{_tail(r.stats.p90_ms, r.stats.count, 10)} | {r.configuration} |")
     per_frame = [r for r in stages if "once per identity" not in r.configuration and "dlib" not in r.graph
                  and "split" not in r.graph and "compositing" not in r.graph and "detector" not in r.graph]
     detector = next((r for r in stages if "detector" in r.graph), None)
@@ -159,7 +167,7 @@ def latency_markdown(document: dict, records: list[LatencyRecord], roofline_md: 
         lines.append("")
     lines += ["## Host latency, side by side (ms)", "",
               "Every figure is of wall-clock ms per call on this machine's CPU, one golden sample; spread = "
-              "interquartile range / median. GFLOP/s = 2 x MACs / p50; 'of GEMM' compares it with the ceiling "
+              "interquartile range / median; p90 is shown from 10 runs, p99 from 100. GFLOP/s = 2 x MACs / p50; 'of GEMM' compares it with the ceiling "
               "above (an fp32 ceiling: int8 rows can exceed it); 'vs eager' is the PyTorch eager reference's p50 over "
               "this row's, for the same work. Peak memory: resident memory "
               "the model and its calls added, measured in a process of its own.", "",

@@ -30,11 +30,26 @@ UNAVAILABLE: dict[str, str] = {
 }
 
 
-def make_runner(runtime: str, path: Path) -> Runner:
-    """A runner of `runtime` for the model at `path` (its stand-in where it cannot run here)."""
+# How each runtime is told its CPU thread count (the runtime's default when none is given).
+THREAD_ARGUMENTS = {"litert": "num_threads", "onnxruntime": "intra_op_threads"}
+
+
+def _set_executorch_threads(threads: int) -> None:
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    _unsafe_reset_threadpool(threads)  # process-wide: every program loaded after this uses it
+
+
+def make_runner(runtime: str, path: Path, threads: int | None = None) -> Runner:
+    """A runner of `runtime` for the model at `path` (its stand-in where it cannot run here),
+    with `threads` CPU threads where the runtime takes a count (ExecuTorch: its process-wide pool)."""
     if runtime in STAND_INS:
         return STAND_INS[runtime](path)
     if runtime in RUNNERS:
+        if threads is not None and runtime in THREAD_ARGUMENTS:
+            return RUNNERS[runtime](path, **{THREAD_ARGUMENTS[runtime]: threads})
+        if threads is not None and runtime == "executorch":
+            _set_executorch_threads(threads)
         return RUNNERS[runtime](path)
     reason = UNAVAILABLE.get(runtime, f"no runner is registered for it (known: {', '.join(RUNNERS)})")
     raise RuntimeUnavailable(f"cannot run {runtime!r} artifacts here: {reason}")

@@ -122,10 +122,11 @@ def check_integrity(bundle: Path, manifest: dict, include_rejected: bool = False
                 )
 
 
-def load_artifact(bundle: Path, artifact: dict, runtime: str | None = None) -> Runner:
-    """The artifact's model loaded in `runtime` (default: the one its manifest entry names),
-    its boundary held against the contract the manifest declares for it."""
-    runner = make_runner(runtime or artifact["runtime"], Path(bundle) / artifact["file"])
+def load_artifact(bundle: Path, artifact: dict, runtime: str | None = None, threads: int | None = None) -> Runner:
+    """The artifact's model loaded in `runtime` (default: the one its manifest entry names) with
+    `threads` CPU threads (default: the runtime's), its boundary held against the contract the
+    manifest declares for it."""
+    runner = make_runner(runtime or artifact["runtime"], Path(bundle) / artifact["file"], threads)
     problems = runner.check_contract(artifact["inputs"], artifact["outputs"])
     if problems:
         raise BundleError(f"{artifact['file']} does not honour its contract in manifest.json: {'; '.join(problems)}")

@@ -13,7 +13,7 @@ from bilayer_mobile.runtime_bench.benchmark import (BenchSettings, Contestant, b
                                                     configurations, time_interleaved)
 from bilayer_mobile.runtime_bench.gemm import gemm_limit_ms, sgemm_gflops
 from bilayer_mobile.runtime_bench.latency import LatencyRecord
-from bilayer_mobile.runtime_bench.latency_report import headline, latency_markdown, plot_gflops, plot_latency
+from bilayer_mobile.runtime_bench.latency_report import headline, host_table, latency_markdown, plot_gflops, plot_latency
 from bilayer_mobile.runtime_bench.validate import BundleError, load_manifest
 
 QUICK = dict(runs=2, identity_runs=1, warmup=0, pause_s=0.0)
@@ -63,9 +63,10 @@ def test_records_carry_runs_macs_sizes_and_memory(bench_run, small_model):
 def test_rounds_interleave_every_contestant_and_warm_up_first():
     calls = []
     contestants = [Contestant(call=lambda n=n: calls.append(n), record={}) for n in "abc"]
-    time_interleaved(contestants, runs=2, warmup=1, pause_s=0.0)
-    assert "".join(calls) == "abc" * 3  # one warm-up round, then two timed rounds of one call each
-    assert all(len(c.runs_ms) == 2 for c in contestants)
+    time_interleaved(contestants, runs=3, warmup=1, pause_s=0.0)
+    # one warm-up round, then three timed rounds of one call each, each starting one later
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+    assert all(len(c.runs_ms) == 3 for c in contestants)
 
 
 def test_a_model_other_than_the_bundles_is_refused(small_model, bundle):
@@ -98,6 +99,20 @@ def test_the_bar_lines_compare_what_the_issue_asks(eager, litert, speedup_holds,
     lines = headline(_synthetic(eager, litert), gemm)
     assert [line["holds"] for line in lines] == [speedup_holds, gemm_holds, gemm_holds]
     assert f"{eager / litert:.2f}x" in lines[0]["figures"]
+
+
+def test_table_rows_compare_with_eager_only_for_the_same_work_and_with_the_gemm_rate():
+    records = _synthetic(120.0, 60.0)
+    other_work = LatencyRecord.from_runs([30.0] * 3, name="reference identity without enhancer @ torch eager",
+                                         kind="reference", graph="frame", precision="fp32", runtime="torch",
+                                         configuration="eager", threads=2, macs=1_000_000_000)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in host_table(records + [other_work], {"before": {"ceiling_gflops": 286.7}}) if line.startswith("| ")}
+    litert = rows["frame_fp32_tflite"]
+    assert litert[-1].rstrip(" |") == "2.00x"  # eager 120 ms over 60 ms
+    assert litert[-2] == f"{2 * 4.3e9 / 0.060 / 1e9 / 286.7:.0%}"  # 143 GFLOP/s of the 286.7 GFLOP/s rate
+    assert rows["reference identity without enhancer @ torch eager"][-1].rstrip(" |") == "-"  # other work: no ratio
+    assert litert[6] == "-" and litert[7] == "-"  # 3 runs: no p90, no p99
 
 
 def test_the_report_has_its_sections_and_plots(bench_run, tmp_path):
