@@ -11,6 +11,9 @@ Subcommands:
           built-in default model)
   render  the PyTorch reference end to end on real photos: source photo + driver photos or
           keypoint files -> rendered frames, a strip and a GIF of a driven sequence
+  drive   an avatar driven by a video through a bundle's driver models and graphs
+  bench   latency: every artifact beside the PyTorch reference on the host, the stages of a
+          driven frame, phones over adb, a roofline estimate (bilayer_mobile.bench composes it)
 
 Every error the user can cause exits non-zero with one line that names the problem and the fix.
 """
@@ -337,6 +340,20 @@ def cmd_bench(args) -> int:
 
     if not (args.bundle / "manifest.json").is_file():
         raise InputError(f"{args.bundle} is not a bundle (no manifest.json); pass a directory written by `export`")
+    from bilayer_mobile.runtime_bench.android import DELEGATES
+    from bilayer_mobile.runtime_bench.benchmark import FRAME_GRAPHS, IDENTITY_GRAPHS, REFERENCE_MODES, RUNTIMES
+    from bilayer_mobile.runtime_bench.compare import THRESHOLDS_DB
+
+    for option, given, known in (("--graphs", args.graphs, FRAME_GRAPHS + IDENTITY_GRAPHS),
+                                 ("--precisions", args.precisions, tuple(THRESHOLDS_DB)),
+                                 ("--runtimes", args.runtimes, RUNTIMES),
+                                 ("--reference-modes", args.reference_modes, REFERENCE_MODES),
+                                 ("--delegates", args.delegates, DELEGATES),
+                                 ("--android-graphs", args.android_graphs, FRAME_GRAPHS + IDENTITY_GRAPHS)):
+        unknown = [x for x in _csv(given) if x not in known]
+        if unknown or not _csv(given):
+            raise InputError(f"{option} {given!r}: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; "
+                             f"choose from {', '.join(known)}")
     settings = BenchSettings(threads=args.threads, runs=args.runs, identity_runs=args.identity_runs, warmup=args.warmup,
                              graphs=_csv(args.graphs), precisions=_csv(args.precisions), runtimes=_csv(args.runtimes),
                              single_thread=not args.no_single_thread, reference_modes=_csv(args.reference_modes),

@@ -331,6 +331,10 @@ def benchmark_bundle(bundle: Path, manifest: dict, model: BilayerModel | None, s
         if model is not None:
             contestants += reference_contestants(model, bundle, manifest, group_settings, macs, progress)
         groups.append((chosen[0] if len(chosen) == 1 else "frame graphs", contestants, runs, warmup))
+    if not any(contestants for _, contestants, _, _ in groups):
+        raise BundleError(f"nothing to time: the bundle has no artifact of graphs {', '.join(settings.graphs)} at "
+                          f"precisions {', '.join(settings.precisions)} for runtimes {', '.join(settings.runtimes)}; "
+                          "choose others (bilayer-mobile validate BUNDLE lists its artifacts)")
     for label, contestants, runs, warmup in groups:
         time_interleaved(contestants, runs, warmup, settings.pause_s, progress, label)
     records = [c.to_record() for _, contestants, _, _ in groups for c in contestants]

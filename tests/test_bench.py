@@ -69,6 +69,11 @@ def test_compare_flags_a_record_that_got_slower_and_exits_1(cli_report, bundle, 
     (["--android"], "--android needs --benchmark-model"),
     (["--android", "--benchmark-model", "{tmp}/none"], "does not exist"),
     (["--stage-runtime", "tvm"], "--stage-runtime 'tvm'"),
+    (["--graphs", "frame,face"], "--graphs 'frame,face': unknown face"),
+    (["--precisions", "int4"], "unknown int4"),
+    (["--delegates", "npu"], "unknown npu"),
+    (["--runtimes", "tvm"], "unknown tvm"),
+    (["--runtimes", "onnxruntime", "--precisions", "int8", "--no-stages"], "nothing to time"),
 ])
 def test_bad_options_are_one_line_and_exit_2(bundle, tmp_path, capsys, args, words):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
