@@ -1,6 +1,8 @@
 """Shared fixtures: paths of the official golden data (read from ../shared) and the real photos."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,9 @@ MANIFEST = SPEC / "official_state_dict_manifest.json"
 # The packaged photos the tests use (bilayer_mobile/reference/photos): the default model's two,
 # by name; every loader that takes a photo directory takes these names too.
 PHOTOS = DEFAULT_MODEL_PHOTOS
+# Output texts of LiteRT's benchmark_model, ExecuTorch's executor_runner and adb, written from
+# the tools' format strings (no phone ran them), read by the fake adb below.
+ANDROID_DATA = PROJECT / "tests" / "runtime_bench" / "data" / "android"
 
 
 @pytest.fixture(scope="session")
@@ -186,3 +191,51 @@ def bundle(small_model, tmp_path_factory) -> Path:
                                             calibration_frames=2),
                   "small default model", console=io.StringIO())
     return out
+
+
+FAKE_ADB = r"""#!/bin/sh
+for a in "$@"; do printf '%s\037' "$a" >> "$FAKE_ADB_LOG"; done
+printf '\n' >> "$FAKE_ADB_LOG"
+if [ "$1" = "-s" ]; then shift 2; fi
+case "$1" in
+  devices) cat "$FAKE_ADB_DEVICES" ;;
+  push) echo "$2: 1 file pushed, 0 skipped. 41.3 MB/s (36953088 bytes in 0.853s)" ;;
+  shell)
+    shift
+    case "$*" in
+      "getprop ro.product.model") echo "Pixel 7" ;;
+      "getprop ro.soc.model") echo "GS201" ;;
+      "getprop ro.board.platform") echo "gs201" ;;
+      "getprop ro.build.version.release") echo "14" ;;
+      mkdir*|chmod*) ;;
+      *benchmark_model*--use_gpu=true*) cat "$FAKE_ADB_DATA/benchmark_gpu.txt" ;;
+      *benchmark_model*--use_nnapi=true*) cat "$FAKE_ADB_DATA/benchmark_nnapi_failed.txt"; exit 1 ;;
+      *benchmark_model*) cat "$FAKE_ADB_DATA/benchmark_cpu.txt" ;;
+      *executor_runner*) cat "$FAKE_ADB_DATA/executor_runner.txt" ;;
+      *) echo "fake adb: unexpected shell command: $*" >&2; exit 2 ;;
+    esac ;;
+  *) echo "adb: unknown command $1" >&2; exit 1 ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch):
+    """A fake `adb` first on PATH that logs its arguments and answers with the committed tool
+    outputs (tests/runtime_bench/data/android): `calls = fake_adb("adb_devices_one.txt")` attaches
+    the devices that file lists; `calls()` is every logged command line as a list of words."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    adb = bin_dir / "adb"
+    adb.write_text(FAKE_ADB)
+    adb.chmod(adb.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    log = tmp_path / "adb.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
+    monkeypatch.setenv("FAKE_ADB_DATA", str(ANDROID_DATA))
+
+    def attach(devices_file: str):
+        monkeypatch.setenv("FAKE_ADB_DEVICES", str(ANDROID_DATA / devices_file))
+        return lambda: [line.split("\x1f")[:-1] for line in log.read_text().splitlines()] if log.exists() else []
+
+    return attach

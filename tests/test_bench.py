@@ -129,3 +129,25 @@ def test_a_bundle_the_stage_breakdown_cannot_run_on_is_refused_before_any_timing
     err = capsys.readouterr().err
     assert code == 2 and "no driver models" in err and "--no-stages" in err
     assert not (tmp_path / "o" / "latency.json").exists()
+
+
+def test_bench_on_a_phone_over_adb_records_each_delegate_and_lists_failures(bundle, tmp_path, fake_adb):
+    calls = fake_adb("adb_devices_one.txt")  # one phone; nnapi fails on it, cpu and gpu give timings
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF fake arm64 binary")
+    out = tmp_path / "report"
+    code = main(["bench", str(bundle), "--no-reference", *QUICK, "--no-stages", "--graphs", "frame", "--android",
+                 "--benchmark-model", str(binary), "--android-graphs", "frame", "--taskset", "f0", "--out", str(out)])
+    assert code == 0
+    document, records = read_latency_document(out / "latency.json")
+    phone = [r for r in records if r.kind == "device"]
+    tflite_frames = [a["name"] for a in load_manifest(bundle)["artifacts"] if a["graph"] == "frame"
+                     and a["file"].endswith(".tflite")]
+    assert sorted({r.artifact for r in phone}) == sorted(tflite_frames)
+    assert {r.configuration.split(",")[0].split(" ")[0] for r in phone} == {"XNNPACK", "GPU"}
+    assert all(r.device == "Pixel 7" and r.stats.mean_ms > 0 for r in phone)
+    assert document["android"]["status"].startswith("Ran on Pixel 7")
+    assert any("nnapi" in note for note in document["notes"])  # the failed delegate is listed, not dropped
+    shell = [c for c in calls() if "shell" in c and any(w.startswith("--graph") for w in c)]  # the timed runs
+    assert shell and all(c[c.index("shell") + 1] == "taskset" for c in shell)
+    assert f"| {tflite_frames[0]} | Pixel 7 |" in (out / "latency.md").read_text()  # the device table

@@ -2,8 +2,6 @@
 against a fake `adb` on PATH (no phone, no network)."""
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from bilayer_mobile.runtime_bench.android import (AndroidBenchmark, BenchmarkOut
                                                   parse_benchmark_model, parse_executor_runner, push_commands,
                                                   run_android_benchmarks)
 
-DATA = Path(__file__).parent / "data" / "android"
+DATA = Path(__file__).parent / "data" / "android"  # the committed tool outputs (conftest.ANDROID_DATA)
 DIR = "/data/local/tmp/bilayer-mobile"
 
 
@@ -231,51 +229,7 @@ def test_parse_adb_devices():
     assert parse_adb_devices(text("adb_devices_unauthorized.txt")) == [("R58M41XYZ0K", "unauthorized")]
 
 
-# -- a fake adb on PATH -----------------------------------------------------------------------
-
-FAKE_ADB = r"""#!/bin/sh
-for a in "$@"; do printf '%s\037' "$a" >> "$FAKE_ADB_LOG"; done
-printf '\n' >> "$FAKE_ADB_LOG"
-if [ "$1" = "-s" ]; then shift 2; fi
-case "$1" in
-  devices) cat "$FAKE_ADB_DEVICES" ;;
-  push) echo "$2: 1 file pushed, 0 skipped. 41.3 MB/s (36953088 bytes in 0.853s)" ;;
-  shell)
-    shift
-    case "$*" in
-      "getprop ro.product.model") echo "Pixel 7" ;;
-      "getprop ro.soc.model") echo "GS201" ;;
-      "getprop ro.board.platform") echo "gs201" ;;
-      "getprop ro.build.version.release") echo "14" ;;
-      mkdir*|chmod*) ;;
-      *benchmark_model*--use_gpu=true*) cat "$FAKE_ADB_DATA/benchmark_gpu.txt" ;;
-      *benchmark_model*--use_nnapi=true*) cat "$FAKE_ADB_DATA/benchmark_nnapi_failed.txt"; exit 1 ;;
-      *benchmark_model*) cat "$FAKE_ADB_DATA/benchmark_cpu.txt" ;;
-      *executor_runner*) cat "$FAKE_ADB_DATA/executor_runner.txt" ;;
-      *) echo "fake adb: unexpected shell command: $*" >&2; exit 2 ;;
-    esac ;;
-  *) echo "adb: unknown command $1" >&2; exit 1 ;;
-esac
-"""
-
-
-@pytest.fixture
-def fake_adb(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    adb = bin_dir / "adb"
-    adb.write_text(FAKE_ADB)
-    adb.chmod(adb.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    log = tmp_path / "adb.log"
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
-    monkeypatch.setenv("FAKE_ADB_DATA", str(DATA))
-
-    def attach(devices_file: str):
-        monkeypatch.setenv("FAKE_ADB_DEVICES", str(DATA / devices_file))
-        return lambda: [line.split("\x1f")[:-1] for line in log.read_text().splitlines()] if log.exists() else []
-
-    return attach
+# -- a fake adb on PATH (the `fake_adb` fixture of tests/conftest.py) -----------------------------
 
 
 def host_files(tmp_path):
