@@ -102,12 +102,15 @@ def run_bench(job: BenchJob, model, progress=None) -> tuple[dict, str]:
     say("fp32 GEMM ceiling (after)")
     gemm["after"] = sgemm_gflops(job.settings.threads)
     records, notes = list(run.records), list(run.failures)
+    frame_ms = None
 
     if job.stages is not None:
-        from bilayer_mobile.stages import stage_breakdown
+        from bilayer_mobile.stages import driven_frame_ms, stage_breakdown
 
-        records += stage_breakdown(job.bundle, manifest, job.stages.source, job.stages.drivers, job.stages.runtime,
+        stage_records = stage_breakdown(job.bundle, manifest, job.stages.source, job.stages.drivers, job.stages.runtime,
                                    job.settings.threads, job.stages.frames, job.stages.dlib, progress)
+        records += stage_records
+        frame_ms = driven_frame_ms(stage_records)
 
     android_status = {"status": "Not run: no `--android` given (this machine's run is host-only)."}
     if job.android is not None:
@@ -127,11 +130,12 @@ def run_bench(job: BenchJob, model, progress=None) -> tuple[dict, str]:
         roofline.plot_roofline(layers, roofline.DEVICES, job.out / "roofline.png")
         roofline_md = (roofline.roofline_table_markdown(estimates, paper_ms=roofline.PAPER_MS, skipped=skipped)
                        + "\n\n![roofline of the frame graph's layers](roofline.png)\n\nAssumptions and sources: docs/roofline.md.")
-        roofline_doc = roofline.roofline_document(model)
+        roofline_doc = roofline.roofline_document(model, layers=layers)
 
     document = latency_document(records, describe_machine(), job.settings.as_dict(), gemm,
                                 extra={"bundle": str(job.bundle), "model": manifest.get("model", {}).get("source"),
-                                       "android": android_status, "roofline": roofline_doc, "notes": notes})
+                                       "android": android_status, "roofline": roofline_doc, "notes": notes,
+                                       "driven_frame_ms": frame_ms})
     comparison = None
     if old is not None:
         regressions, unmatched = compare_records(old[1], records)

@@ -29,10 +29,18 @@ from bilayer_mobile.reference.preprocessing import crop_face, draw_stickmen, key
 from bilayer_mobile.runtime_bench.latency import LatencyRecord
 from bilayer_mobile.runtime_bench.validate import BundleError, load_artifact
 
-# The per-frame stages in the order a frame passes them (the records keep this order).
-FRAME_STAGES = ("face detector (model)", "face mesh (model)", "tracking pre/post-processing", "468->68 mapping",
-                "One Euro filter", "keypoint normalisation", "frame graph", "split frame graph",
-                "compositing (split variant, torch grid_sample)", "dlib 68 landmarks (alternative front end)")
+# The per-frame stages in the order a frame passes them (the records keep this order): the
+# runtime of each stage that no bundle artifact runs, and whether it is on the main path of a
+# driven frame (the split variant and dlib are alternatives to parts of it).
+STAGE_RUNTIMES = {"face detector (model)": "litert", "face mesh (model)": "litert",
+                  "tracking pre/post-processing": "torch/numpy", "468->68 mapping": "torch/numpy",
+                  "One Euro filter": "torch/numpy", "keypoint normalisation": "torch/numpy",
+                  "frame graph": None, "split frame graph": None,
+                  "compositing (split variant, torch grid_sample)": "torch/numpy",
+                  "dlib 68 landmarks (alternative front end)": "dlib",
+                  "source landmarks (mesh)": "litert", "source crop and stickman": "torch/numpy", "identity graph": None}
+FRAME_STAGES = tuple(STAGE_RUNTIMES)[:10]
+MAIN_PATH = FRAME_STAGES[:7]
 ONCE_STAGES = ("source landmarks (mesh)", "source crop and stickman", "identity graph")
 
 
@@ -156,8 +164,18 @@ def stage_breakdown(bundle: Path, manifest: dict, source: Path, drivers: tuple[P
         entry = {"frame graph": frame_entry, "split frame graph": split_entry, "identity graph": identity_entry}.get(stage)
         records.append(LatencyRecord.from_runs(
             runs, name=f"stage: {stage}", kind="stage", graph=stage, precision="fp32" if entry else None,
-            runtime=entry["runtime"] if entry else ("litert" if "(model)" in stage or "mesh" in stage else
-                                                     "dlib" if "dlib" in stage else "torch/numpy"),
+            runtime=entry["runtime"] if entry else STAGE_RUNTIMES[stage],
             configuration=per, threads=threads if entry else None, artifact=entry["name"] if entry else None,
             device="host"))
     return records
+
+
+def driven_frame_ms(records: list[LatencyRecord]) -> float | None:
+    """Mean time of a driven frame on the main path (mesh front end, frame graph): every main-path
+    stage's time summed over the timed frames, divided by their number, so the detector's few
+    calls are spread over the frames they served."""
+    by_stage = {r.graph: r for r in records if r.kind == "stage"}
+    if "frame graph" not in by_stage:
+        return None
+    frames = by_stage["frame graph"].stats.count
+    return sum(sum(by_stage[s].runs_ms) for s in MAIN_PATH if s in by_stage) / frames

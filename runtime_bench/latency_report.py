@@ -97,7 +97,7 @@ def host_table(records: list[LatencyRecord], gemm: dict | None) -> list[str]:
     return lines
 
 
-def stage_table(records: list[LatencyRecord]) -> list[str]:
+def stage_table(records: list[LatencyRecord], driven_frame_ms: float | None) -> list[str]:
     stages = [r for r in records if r.kind == "stage"]
     if not stages:
         return []
@@ -105,15 +105,9 @@ def stage_table(records: list[LatencyRecord]) -> list[str]:
     for r in stages:
         lines.append(f"| {r.graph} | {r.runtime} | {r.stats.count} | {_ms(r.stats.p50_ms)} | "
                      f"{_tail(r.stats.p90_ms, r.stats.count, 10)} | {r.configuration} |")
-    per_frame = [r for r in stages if "once per identity" not in r.configuration and "dlib" not in r.graph
-                 and "split" not in r.graph and "compositing" not in r.graph and "detector" not in r.graph]
-    detector = next((r for r in stages if "detector" in r.graph), None)
-    total = sum(r.stats.mean_ms for r in per_frame)
-    if detector is not None:
-        frames = max((r.stats.count for r in per_frame), default=1)
-        total += detector.stats.mean_ms * detector.stats.count / frames
-    lines += ["", f"A driven frame (mesh front end, frame graph), mean per frame: **{total:.1f} ms** "
-                  "(detector calls spread over the frames they served; the split variant and dlib are alternatives, not added).", ""]
+    if driven_frame_ms is not None:
+        lines += ["", f"A driven frame (mesh front end, frame graph), mean per frame: **{driven_frame_ms:.1f} ms** "
+                      "(detector calls spread over the frames they served; the split variant and dlib are alternatives, not added).", ""]
     return lines
 
 
@@ -173,7 +167,7 @@ def latency_markdown(document: dict, records: list[LatencyRecord], roofline_md: 
               "the model and its calls added, measured in a process of its own.", "",
               "![p50 latency per artifact](latency.png)", "", "![achieved GFLOP/s](gflops.png)", ""]
     lines += host_table(records, gemm)
-    stages = stage_table(records)
+    stages = stage_table(records, document.get("driven_frame_ms"))
     if stages:
         lines += ["## Stages of a driven frame", "", "![stage breakdown](stages.png)", ""] + stages
     lines += ["## Android devices", ""]

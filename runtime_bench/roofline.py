@@ -652,11 +652,13 @@ def _by_kind(layers: Sequence[LayerCost]) -> dict:
 
 
 def roofline_document(model: BilayerModel, devices: Sequence[Device] = DEVICES,
-                      efficiency: Efficiency = TYPICAL_EFFICIENCY, paper_ms: float = PAPER_MS) -> dict:
-    """Everything above as one JSON-ready dict for the benchmark report."""
+                      efficiency: Efficiency = TYPICAL_EFFICIENCY, paper_ms: float = PAPER_MS,
+                      layers: FrameLayers | None = None) -> dict:
+    """Everything above as one JSON-ready dict for the benchmark report (`layers`: the model's
+    `frame_layers` at fp16 when the caller has them already)."""
     from ..reference.summary import pipeline_macs
 
-    layers = frame_layers(model, dtype_bytes=2)
+    layers = layers if layers is not None else frame_layers(model, dtype_bytes=2)
     estimates, skipped = estimate_devices(layers, devices, efficiency)
     macs = total_macs(layers)
     moved, fused = unfused_bytes(layers), fused_lower_bound_bytes(layers)
